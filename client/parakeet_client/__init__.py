@@ -1,0 +1,1 @@
+"""parakeet-client: a command-line client for parakeet-server."""

@@ -1,0 +1,186 @@
+"""`parakeet-client`: transcribe files and query a parakeet-server from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from parakeet.v1 import transcription_pb2 as pb
+from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "localhost:50051"
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_FAILED = 1
+
+_ENCODINGS = {
+    "container": pb.AudioFormat.ENCODING_UNSPECIFIED,
+    "linear16": pb.AudioFormat.ENCODING_LINEAR16,
+    "float32": pb.AudioFormat.ENCODING_FLOAT32,
+}
+
+
+def _seconds(duration: object) -> float:
+    return duration.ToNanoseconds() / 1e9  # type: ignore[attr-defined, no-any-return]
+
+
+def format_metrics(metrics: pb.RequestMetrics) -> str:
+    """The server's PERF line, rebuilt from the response."""
+    return (
+        f"PERF audio={metrics.audio_seconds:.2f}s words={metrics.word_count} "
+        f"time={metrics.processing_seconds:.3f}s rtf={metrics.real_time_factor:.3f} "
+        f"wps={metrics.words_per_second:.1f} ms_per_word={metrics.milliseconds_per_word:.1f}"
+        + (" cache_hit=true" if metrics.cache_hit else "")
+    )
+
+
+def format_words(transcript: pb.Transcript) -> str:
+    lines = []
+    for segment in transcript.segments:
+        for word in segment.words:
+            lines.append(
+                f"{_seconds(word.start_time):8.2f} {_seconds(word.end_time):8.2f}  "
+                f"{word.confidence:.2f}  {word.text}"
+            )
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"parakeet-client: {message}", file=sys.stderr)
+    return code
+
+
+def _describe_rpc_error(error: grpc.RpcError, server: str) -> tuple[str, int]:
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "loading" in (details or ""):
+            return f"the server at {server} is not ready: {details}", EXIT_UNAVAILABLE
+        return (
+            f"cannot reach parakeet-server at {server} ({details}). Is it running? "
+            "Start it with `parakeet-server`, or pass --server HOST:PORT",
+            EXIT_UNAVAILABLE,
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {server} within the timeout ({details})", EXIT_UNAVAILABLE
+    return f"{code.name}: {details}", EXIT_FAILED
+
+
+def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        audio = path.read_bytes()
+    except OSError as error:
+        return _fail(f"cannot read {path}: {error.strerror}", EXIT_USAGE)
+    request = pb.TranscribeRequest(
+        audio=audio,
+        format=pb.AudioFormat(
+            encoding=_ENCODINGS[args.encoding],
+            sample_rate_hertz=args.sample_rate,
+            channel_count=args.channels,
+        ),
+        options=pb.TranscriptionOptions(
+            word_timestamps=args.words or args.json,
+            decoding_method=pb.DECODING_METHOD_BEAM if args.beam else pb.DECODING_METHOD_GREEDY,
+            beam_size=args.beam or 0,
+        ),
+    )
+    response = stub.Transcribe(request, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+        return 0
+    print(response.transcript.text)
+    if args.words:
+        print(format_words(response.transcript))
+    print(format_metrics(response.metrics), file=sys.stderr)
+    return 0
+
+
+def _info(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
+    response = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+        return 0
+    kind = pb.ModelKind.Name(response.model_kind).removeprefix("MODEL_KIND_").lower()
+    rows = [
+        ("model", response.model_id),
+        ("kind", kind),
+        ("warm", "yes" if response.warm else "no (loading)"),
+        ("sample rate", f"{response.sample_rate_hertz} Hz"),
+        ("vocabulary", str(response.vocabulary_size)),
+        ("parameters", f"{response.parameter_count:,}"),
+        ("dtype", response.dtype),
+        ("device", response.device + (f" ({response.blas})" if response.blas else "")),
+        ("load time", f"{_seconds(response.load_duration):.2f} s"),
+        ("warm-up time", f"{_seconds(response.warmup_duration):.2f} s"),
+        ("uptime", f"{_seconds(response.uptime):.0f} s"),
+        ("server version", response.server_version),
+        ("max request", f"{response.max_request_bytes / 1e6:.0f} MB"),
+        ("max audio", f"{response.max_audio_seconds:.0f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parakeet-client", description="Talk to a parakeet-server over gRPC."
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("PARAKEET_SERVER", DEFAULT_SERVER),
+        help="HOST:PORT of the server [env PARAKEET_SERVER; default %(default)s]",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for an answer"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    transcribe = commands.add_parser("transcribe", help="transcribe an audio file")
+    transcribe.add_argument("file", help="WAV, FLAC, OGG, Opus, MP3, m4a/AAC, or raw PCM")
+    transcribe.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    transcribe.add_argument("--words", action="store_true", help="print word timestamps")
+    transcribe.add_argument(
+        "--beam", type=int, metavar="N", help="beam search with N hypotheses (default: greedy)"
+    )
+    transcribe.add_argument(
+        "--encoding",
+        choices=sorted(_ENCODINGS),
+        default="container",
+        help="raw PCM files: linear16 or float32 (default: a container file)",
+    )
+    transcribe.add_argument("--sample-rate", type=int, default=0, help="raw PCM: sample rate")
+    transcribe.add_argument("--channels", type=int, default=1, help="raw PCM: channel count")
+    info = commands.add_parser("info", help="show the loaded model and server")
+    info.add_argument("--json", action="store_true", help="print the response as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"transcribe": _transcribe, "info": _info}
+    with grpc.insecure_channel(
+        args.server,
+        options=[
+            ("grpc.max_send_message_length", 1024 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    ) as channel:
+        stub = pb_grpc.TranscriptionServiceStub(channel)
+        try:
+            return handlers[args.command](stub, args)
+        except grpc.RpcError as error:
+            message, code = _describe_rpc_error(error, args.server)
+            return _fail(message, code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DecodingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECODING_METHOD_UNSPECIFIED: _ClassVar[DecodingMethod]
+    DECODING_METHOD_GREEDY: _ClassVar[DecodingMethod]
+    DECODING_METHOD_BEAM: _ClassVar[DecodingMethod]
+
+class FinalizationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINALIZATION_MODE_UNSPECIFIED: _ClassVar[FinalizationMode]
+    FINALIZATION_MODE_AUTO: _ClassVar[FinalizationMode]
+    FINALIZATION_MODE_STREAMING: _ClassVar[FinalizationMode]
+    FINALIZATION_MODE_FULL_CONTEXT: _ClassVar[FinalizationMode]
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_TDT: _ClassVar[ModelKind]
+    MODEL_KIND_RNNT: _ClassVar[ModelKind]
+    MODEL_KIND_CTC: _ClassVar[ModelKind]
+    MODEL_KIND_TDT_CTC: _ClassVar[ModelKind]
+DECODING_METHOD_UNSPECIFIED: DecodingMethod
+DECODING_METHOD_GREEDY: DecodingMethod
+DECODING_METHOD_BEAM: DecodingMethod
+FINALIZATION_MODE_UNSPECIFIED: FinalizationMode
+FINALIZATION_MODE_AUTO: FinalizationMode
+FINALIZATION_MODE_STREAMING: FinalizationMode
+FINALIZATION_MODE_FULL_CONTEXT: FinalizationMode
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_TDT: ModelKind
+MODEL_KIND_RNNT: ModelKind
+MODEL_KIND_CTC: ModelKind
+MODEL_KIND_TDT_CTC: ModelKind
+
+class AudioFormat(_message.Message):
+    __slots__ = ("encoding", "sample_rate_hertz", "channel_count")
+    class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ENCODING_UNSPECIFIED: _ClassVar[AudioFormat.Encoding]
+        ENCODING_LINEAR16: _ClassVar[AudioFormat.Encoding]
+        ENCODING_FLOAT32: _ClassVar[AudioFormat.Encoding]
+    ENCODING_UNSPECIFIED: AudioFormat.Encoding
+    ENCODING_LINEAR16: AudioFormat.Encoding
+    ENCODING_FLOAT32: AudioFormat.Encoding
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    encoding: AudioFormat.Encoding
+    sample_rate_hertz: int
+    channel_count: int
+    def __init__(self, encoding: _Optional[_Union[AudioFormat.Encoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., channel_count: _Optional[int] = ...) -> None: ...
+
+class TranscriptionOptions(_message.Message):
+    __slots__ = ("word_timestamps", "decoding_method", "beam_size", "length_penalty", "patience", "duration_reward", "segmentation")
+    WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    DECODING_METHOD_FIELD_NUMBER: _ClassVar[int]
+    BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_REWARD_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    word_timestamps: bool
+    decoding_method: DecodingMethod
+    beam_size: int
+    length_penalty: float
+    patience: float
+    duration_reward: float
+    segmentation: SegmentationOptions
+    def __init__(self, word_timestamps: _Optional[bool] = ..., decoding_method: _Optional[_Union[DecodingMethod, str]] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., patience: _Optional[float] = ..., duration_reward: _Optional[float] = ..., segmentation: _Optional[_Union[SegmentationOptions, _Mapping]] = ...) -> None: ...
+
+class SegmentationOptions(_message.Message):
+    __slots__ = ("max_words", "max_silence", "max_duration")
+    MAX_WORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SILENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    max_words: int
+    max_silence: _duration_pb2.Duration
+    max_duration: _duration_pb2.Duration
+    def __init__(self, max_words: _Optional[int] = ..., max_silence: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class TranscribeRequest(_message.Message):
+    __slots__ = ("audio", "format", "options")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    format: AudioFormat
+    options: TranscriptionOptions
+    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ...) -> None: ...
+
+class TranscribeResponse(_message.Message):
+    __slots__ = ("transcript", "metrics", "request_id")
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    transcript: Transcript
+    metrics: RequestMetrics
+    request_id: str
+    def __init__(self, transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Transcript(_message.Message):
+    __slots__ = ("text", "segments")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    def __init__(self, text: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("text", "start_time", "end_time", "confidence", "words")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start_time: _duration_pb2.Duration
+    end_time: _duration_pb2.Duration
+    confidence: float
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    def __init__(self, text: _Optional[str] = ..., start_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., confidence: _Optional[float] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ...) -> None: ...
+
+class Word(_message.Message):
+    __slots__ = ("text", "start_time", "end_time", "confidence")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start_time: _duration_pb2.Duration
+    end_time: _duration_pb2.Duration
+    confidence: float
+    def __init__(self, text: _Optional[str] = ..., start_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class RequestMetrics(_message.Message):
+    __slots__ = ("audio_seconds", "processing_seconds", "real_time_factor", "word_count", "words_per_second", "cache_hit", "milliseconds_per_word", "audio_decode_seconds", "queue_seconds", "inference_seconds")
+    AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REAL_TIME_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    WORD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WORDS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    MILLISECONDS_PER_WORD_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    audio_seconds: float
+    processing_seconds: float
+    real_time_factor: float
+    word_count: int
+    words_per_second: float
+    cache_hit: bool
+    milliseconds_per_word: float
+    audio_decode_seconds: float
+    queue_seconds: float
+    inference_seconds: float
+    def __init__(self, audio_seconds: _Optional[float] = ..., processing_seconds: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., word_count: _Optional[int] = ..., words_per_second: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., milliseconds_per_word: _Optional[float] = ..., audio_decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ...) -> None: ...
+
+class StreamingConfig(_message.Message):
+    __slots__ = ("format", "interim_results", "options", "finalization_mode")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FINALIZATION_MODE_FIELD_NUMBER: _ClassVar[int]
+    format: AudioFormat
+    interim_results: bool
+    options: TranscriptionOptions
+    finalization_mode: FinalizationMode
+    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ..., finalization_mode: _Optional[_Union[FinalizationMode, str]] = ...) -> None: ...
+
+class StreamingTranscribeRequest(_message.Message):
+    __slots__ = ("config", "audio")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    config: StreamingConfig
+    audio: bytes
+    def __init__(self, config: _Optional[_Union[StreamingConfig, _Mapping]] = ..., audio: _Optional[bytes] = ...) -> None: ...
+
+class StreamingTranscribeResponse(_message.Message):
+    __slots__ = ("finalized_text", "draft_text", "is_final", "audio_processed_seconds", "transcript", "metrics", "finalization_latency_seconds")
+    FINALIZED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_PROCESSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    FINALIZATION_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    finalized_text: str
+    draft_text: str
+    is_final: bool
+    audio_processed_seconds: float
+    transcript: Transcript
+    metrics: RequestMetrics
+    finalization_latency_seconds: float
+    def __init__(self, finalized_text: _Optional[str] = ..., draft_text: _Optional[str] = ..., is_final: _Optional[bool] = ..., audio_processed_seconds: _Optional[float] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., finalization_latency_seconds: _Optional[float] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions")
+    class LibraryVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_HERTZ_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WARM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_DURATION_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BLAS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LIBRARY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_kind: ModelKind
+    sample_rate_hertz: int
+    vocabulary_size: int
+    dtype: str
+    warm: bool
+    server_version: str
+    load_duration: _duration_pb2.Duration
+    warmup_duration: _duration_pb2.Duration
+    uptime: _duration_pb2.Duration
+    device: str
+    blas: str
+    parameter_count: int
+    max_request_bytes: int
+    max_audio_seconds: float
+    library_versions: _containers.ScalarMap[str, str]
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...

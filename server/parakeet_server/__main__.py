@@ -1,0 +1,24 @@
+"""`parakeet-server` / `python -m parakeet_server`: flags and environment -> ServerConfig -> serve()."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from parakeet_server.config import parse_config
+from parakeet_server.engine.blas import use_fast_blas
+from parakeet_server.logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    # Before anything imports mlx: an optimized BLAS must be loaded first to take effect.
+    use_fast_blas(config.blas)
+    configure_logging(config.log_level, config.log_format)
+    from parakeet_server.server import serve
+
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Every server setting in one frozen dataclass, parsed once from flags and their PARAKEET_* twins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from parakeet_server import __version__
+from parakeet_server.engine.model import DEFAULT_MODEL, DTYPES
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_bytes: int = 64 * MIB
+    max_audio_seconds: float = 3600.0
+    max_queued_requests: int = 32
+    chunk_seconds: float = 120.0
+    chunk_overlap_seconds: float = 15.0
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "info"
+    log_format: str = "text"
+    blas: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be 0-65535, not {self.port}")
+        if self.max_message_bytes < 1024:
+            problems.append("max message bytes must be at least 1024")
+        if self.max_audio_seconds <= 0:
+            problems.append("max audio seconds must be positive")
+        if self.max_queued_requests < 1:
+            problems.append("max queued requests must be at least 1")
+        if self.chunk_seconds < 5:
+            problems.append("chunk seconds must be at least 5")
+        if not 0 <= self.chunk_overlap_seconds <= self.chunk_seconds / 2:
+            problems.append("chunk overlap must be between 0 and half the chunk length")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+# flag name -> (field, type, help). Each flag's environment twin is PARAKEET_<FIELD>.
+_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("--model", "model", str, "Hugging Face id or local directory of a Parakeet MLX model"),
+    ("--dtype", "dtype", str, f"weight dtype, one of {', '.join(DTYPES)} "
+     "(auto: float32 on CPU, bfloat16 on Apple GPUs)"),
+    ("--host", "host", str, "address to listen on (0.0.0.0 or :: for every interface)"),
+    ("--port", "port", int, "port to listen on (0: any free port)"),
+    ("--max-message-bytes", "max_message_bytes", int,
+     "largest request accepted, in bytes; larger ones get RESOURCE_EXHAUSTED"),
+    ("--max-audio-seconds", "max_audio_seconds", float,
+     "longest audio accepted per request; longer gets OUT_OF_RANGE"),
+    ("--max-queued-requests", "max_queued_requests", int,
+     "requests waiting for or using the model at once; more get RESOURCE_EXHAUSTED"),
+    ("--chunk-seconds", "chunk_seconds", float,
+     "audio longer than this is transcribed in overlapping chunks"),
+    ("--chunk-overlap-seconds", "chunk_overlap_seconds", float, "overlap between chunks"),
+    ("--shutdown-grace-seconds", "shutdown_grace_seconds", float,
+     "on SIGTERM/SIGINT, time in-flight requests get to finish"),
+    ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--log-format", "log_format", str, "text or json"),
+    ("--blas", "blas", str, "Linux: path of a BLAS library for MLX, or 'bundled' "
+     "(default: find OpenBLAS)"),
+]
+
+
+def env_name(field_name: str) -> str:
+    return f"PARAKEET_{field_name.upper()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="parakeet-server",
+        description="gRPC speech-transcription server for NVIDIA Parakeet models on MLX. "
+        "Every flag can also be set with the environment variable shown.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for flag, name, _, help_text in _FLAGS:
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=None,
+            help=f"{help_text} [env {env_name(name)}; default {getattr(defaults, name)}]",
+            choices=_CHOICES.get(name),
+        )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+_CHOICES: dict[str, Sequence[str]] = {
+    "dtype": DTYPES,
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("text", "json"),
+}
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: dict[str, str] | None = None
+) -> ServerConfig:
+    """Flags win over environment variables, which win over the defaults.
+
+    Raises SystemExit (via argparse) with a usage message for any bad value.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = dict(os.environ) if environ is None else environ
+    converters = {name: convert for _, name, convert, _ in _FLAGS}
+    values: dict[str, Any] = {}
+    for field in fields(ServerConfig):
+        raw = getattr(args, field.name, None)
+        source = f"--{field.name.replace('_', '-')}"
+        if raw is None and env_name(field.name) in environ:
+            raw = environ[env_name(field.name)]
+            source = env_name(field.name)
+        if raw is None:
+            continue
+        if field.name in _CHOICES and raw not in _CHOICES[field.name]:
+            parser.error(f"{source} must be one of {', '.join(_CHOICES[field.name])}, not {raw!r}")
+        try:
+            values[field.name] = converters[field.name](raw)
+        except ValueError:
+            parser.error(f"{source}: {raw!r} is not a valid value")
+    try:
+        return ServerConfig(**values)
+    except ValueError as error:
+        parser.error(str(error))

@@ -1,0 +1,362 @@
+"""Loading, warming up and running a Parakeet model on 16 kHz mono PCM with parakeet-mlx.
+
+Not thread-safe: exactly one thread may use a ParakeetEngine (see worker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parakeet_server.engine.blas import BlasChoice, use_fast_blas
+from parakeet_server.errors import InvalidRequest, ModelLoadError
+from parakeet_server.transcript import (
+    DecodingMethod,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    Word,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "mlx-community/parakeet-tdt-0.6b-v3"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, and how long it took; reported by GetServerInfo and the startup log."""
+
+    model_id: str
+    kind: str  # "tdt", "rnnt", "ctc" or "tdt_ctc"
+    sample_rate: int
+    vocabulary_size: int
+    dtype: str
+    device: str
+    blas: str
+    parameter_count: int
+    min_samples: int
+    load_seconds: float
+    warmup_seconds: float = 0.0
+    matmul_gflops: float = 0.0
+    library_versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Recordings longer than `chunk_seconds` are cut into overlapping chunks and merged."""
+
+    chunk_seconds: float = 120.0
+    overlap_seconds: float = 15.0
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for dist in ("mlx", "parakeet-mlx", "grpcio", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class ParakeetEngine:
+    """A loaded Parakeet model that turns PCM into a Transcript."""
+
+    def __init__(
+        self, model: Any, info: ModelInfo, chunking: ChunkingConfig = ChunkingConfig()
+    ) -> None:
+        self._model = model
+        self.info = info
+        self._chunking = chunking
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str = DEFAULT_MODEL,
+        *,
+        dtype: str = "auto",
+        blas: str | None = None,
+        chunking: ChunkingConfig = ChunkingConfig(),
+    ) -> ParakeetEngine:
+        """Loads `model_id` (a Hugging Face id or a local directory) with parakeet-mlx.
+
+        Raises ModelLoadError with one readable sentence when the model cannot be had.
+        """
+        blas_choice = use_fast_blas(blas)
+        import mlx.core as mx
+        from parakeet_mlx.utils import from_pretrained
+
+        device = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        # bfloat16 matmuls never reach BLAS on CPU and are slower there than float32.
+        resolved_dtype = ("bfloat16" if device == "gpu" else "float32") if dtype == "auto" else dtype
+        source = _resolve_source(model_id)
+        started = time.perf_counter()
+        try:
+            model = from_pretrained(source, dtype=getattr(mx, resolved_dtype))
+            # Weights load lazily and are bound to the loading thread's stream until evaluated.
+            mx.eval(model.parameters())
+        except Exception as error:  # the hub, the filesystem, safetensors, config parsing
+            raise ModelLoadError(_describe_load_failure(model_id, source, error)) from error
+        load_seconds = time.perf_counter() - started
+        preprocessor = model.preprocessor_config
+        # The STFT reflect-pads by n_fft/2 and crashes MLX on shorter input; one encoder
+        # frame (hop * subsampling, 80 ms) is the least that gives a meaningful result.
+        min_samples = max(
+            preprocessor.hop_length * model.encoder_config.subsampling_factor,
+            preprocessor.n_fft,
+        )
+        info = ModelInfo(
+            model_id=model_id,
+            kind=_kind_of(model),
+            sample_rate=preprocessor.sample_rate,
+            vocabulary_size=len(model.vocabulary),
+            dtype=resolved_dtype,
+            device=device,
+            blas=blas_choice.name if device == "cpu" else "",
+            parameter_count=sum(v.size for _, v in _flatten(model.parameters())),
+            min_samples=min_samples,
+            load_seconds=load_seconds,
+            matmul_gflops=_matmul_gflops() if device == "cpu" else 0.0,
+            library_versions=_library_versions(),
+        )
+        _log_blas(blas_choice, info)
+        return cls(model, info, chunking)
+
+    def warm_up(self) -> float:
+        """Runs one inference on a second of noise so the first request pays no setup cost."""
+        started = time.perf_counter()
+        noise = np.random.default_rng(0).normal(0.0, 0.05, self.info.sample_rate)
+        self.transcribe(noise.astype(np.float32), TranscriptionOptions())
+        seconds = time.perf_counter() - started
+        self.info = _replace(self.info, warmup_seconds=seconds)
+        return seconds
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        """Transcribes 1-D float32 PCM at the model's sample rate."""
+        import mlx.core as mx
+        from parakeet_mlx.alignment import sentences_to_result, tokens_to_sentences
+
+        if len(samples) < self.info.min_samples:
+            raise InvalidRequest(
+                f"audio is {len(samples) / self.info.sample_rate * 1000:.0f} ms long; "
+                f"the model needs at least "
+                f"{self.info.min_samples / self.info.sample_rate * 1000:.0f} ms"
+            )
+        config = self._decoding_config(options)
+        try:
+            tokens = self._transcribe_tokens(samples, config)
+            result = sentences_to_result(tokens_to_sentences(tokens, config.sentence))
+            return _to_transcript(result, word_timestamps=options.word_timestamps)
+        finally:
+            # MLX keeps freed buffers for reuse; without this its cache grows with the
+            # longest input seen and memory climbs across requests.
+            mx.clear_cache()
+
+    def _transcribe_tokens(self, samples: np.ndarray, config: Any) -> list[Any]:
+        rate = self.info.sample_rate
+        chunk = int(self._chunking.chunk_seconds * rate)
+        if len(samples) <= chunk:
+            return self._generate(samples, config)
+        from parakeet_mlx.alignment import (
+            merge_longest_common_subsequence,
+            merge_longest_contiguous,
+        )
+
+        overlap = int(self._chunking.overlap_seconds * rate)
+        merged: list[Any] = []
+        for start in range(0, len(samples), chunk - overlap):
+            piece = samples[start : start + chunk]
+            if len(piece) < self.info.min_samples:
+                break
+            tokens = self._generate(piece, config)
+            offset = start / rate
+            for token in tokens:
+                token.start += offset
+                token.end = token.start + token.duration
+            if not merged:
+                merged = tokens
+                continue
+            try:
+                merged = merge_longest_contiguous(
+                    merged, tokens, overlap_duration=self._chunking.overlap_seconds
+                )
+            except RuntimeError:
+                merged = merge_longest_common_subsequence(
+                    merged, tokens, overlap_duration=self._chunking.overlap_seconds
+                )
+            if start + chunk >= len(samples):
+                break
+        return merged
+
+    def _generate(self, samples: np.ndarray, config: Any) -> list[Any]:
+        import mlx.core as mx
+        from parakeet_mlx.audio import get_logmel
+
+        mel = get_logmel(mx.array(samples, dtype=mx.float32), self._model.preprocessor_config)
+        mel = mel.astype(getattr(mx, self.info.dtype))
+        result = self._model.generate(mel, decoding_config=config)[0]
+        return list(result.tokens)
+
+    def _decoding_config(self, options: TranscriptionOptions) -> Any:
+        from parakeet_mlx import Beam, DecodingConfig, Greedy, SentenceConfig
+
+        sentence = SentenceConfig(
+            max_words=options.max_words,
+            silence_gap=options.max_silence_seconds,
+            max_duration=options.max_segment_seconds,
+        )
+        if options.decoding is DecodingMethod.GREEDY:
+            return DecodingConfig(decoding=Greedy(), sentence=sentence)
+        if self.info.kind == "ctc":
+            raise InvalidRequest("beam search is not available for CTC models; use greedy")
+        beam = Beam(
+            beam_size=options.beam_size,
+            length_penalty=options.length_penalty,
+            patience=options.patience,
+            duration_reward=options.duration_reward,
+        )
+        return DecodingConfig(decoding=beam, sentence=sentence)
+
+
+def _resolve_source(model_id: str) -> str:
+    """A local directory as an absolute path, else the Hugging Face id unchanged.
+
+    parakeet-mlx tries the hub first, so a relative local path that does not exist would be
+    retried against the hub for ~24 s offline before failing.
+    """
+    path = Path(model_id).expanduser()
+    looks_local = path.is_absolute() or model_id.startswith((".", "~")) or path.exists()
+    if not looks_local:
+        return model_id
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    missing = [name for name in ("config.json", "model.safetensors") if not (path / name).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"model directory {path} lacks {' and '.join(missing)}; a Parakeet MLX checkpoint "
+            "has config.json and model.safetensors"
+        )
+    return str(path.resolve())
+
+
+def _describe_load_failure(model_id: str, source: str, error: Exception) -> str:
+    if source == model_id and not Path(source).is_absolute():
+        return (
+            f"could not load model {model_id!r} from the Hugging Face hub "
+            f"({type(error).__name__}: {error}). Check the id and the network, or pass a "
+            "local directory with config.json and model.safetensors to --model"
+        )
+    return f"could not load model from {source}: {type(error).__name__}: {error}"
+
+
+def _kind_of(model: Any) -> str:
+    from parakeet_mlx import ParakeetCTC, ParakeetRNNT, ParakeetTDT, ParakeetTDTCTC
+
+    if isinstance(model, ParakeetTDTCTC):
+        return "tdt_ctc"
+    if isinstance(model, ParakeetTDT):
+        return "tdt"
+    if isinstance(model, ParakeetRNNT):
+        return "rnnt"
+    if isinstance(model, ParakeetCTC):
+        return "ctc"
+    return "unknown"
+
+
+def _flatten(tree: Any) -> list[tuple[str, Any]]:
+    from mlx.utils import tree_flatten
+
+    return list(tree_flatten(tree))
+
+
+def _matmul_gflops(n: int = 512, repeats: int = 4) -> float:
+    """A quick float32 matmul rate, to show in the startup log which BLAS is really in use."""
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n))
+    b = mx.random.normal((n, n))
+    mx.eval(a @ b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        mx.eval(a @ b)
+    seconds = (time.perf_counter() - started) / repeats
+    return 2 * n**3 / seconds / 1e9
+
+
+def _log_blas(choice: BlasChoice, info: ModelInfo) -> None:
+    if info.device != "cpu":
+        return
+    message = "blas=%s matmul=%.0fGFLOP/s (%s)"
+    if choice.name == "bundled":
+        log.warning(message, choice.name, info.matmul_gflops, choice.detail)
+    else:
+        log.info(message, choice.name, info.matmul_gflops, choice.detail)
+
+
+def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
+    from dataclasses import replace
+
+    return replace(info, **changes)
+
+
+def _geometric_mean(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    return float(math.exp(sum(math.log(v + 1e-10) for v in values) / len(values)))
+
+
+def _words(tokens: list[Any]) -> list[Word]:
+    """Groups subword tokens into words: a token whose text starts with a space opens one."""
+    groups: list[list[Any]] = []
+    for token in tokens:
+        if not groups or token.text.startswith(" "):
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    words = []
+    for group in groups:
+        text = "".join(t.text for t in group).strip()
+        if text:
+            words.append(
+                Word(
+                    text=text,
+                    start=group[0].start,
+                    end=group[-1].end,
+                    confidence=_geometric_mean([t.confidence for t in group]),
+                )
+            )
+    return words
+
+
+def _to_transcript(result: Any, *, word_timestamps: bool) -> Transcript:
+    segments = []
+    word_count = 0
+    for sentence in result.sentences:
+        words = _words(sentence.tokens)
+        word_count += len(words)
+        segments.append(
+            Segment(
+                text=sentence.text.strip(),
+                start=sentence.start,
+                end=sentence.end,
+                confidence=float(sentence.confidence),
+                words=tuple(words) if word_timestamps else (),
+            )
+        )
+    return Transcript(
+        text=result.text,
+        segments=tuple(segments),
+        word_count=word_count,
+        token_ids=tuple(t.id for t in result.tokens),
+    )

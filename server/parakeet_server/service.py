@@ -1,0 +1,194 @@
+"""The gRPC servicer: validate, translate proto <-> domain, and map errors to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+
+from parakeet.v1 import transcription_pb2 as pb
+from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server import __version__
+from parakeet_server.audio import decode_audio
+from parakeet_server.config import ServerConfig
+from parakeet_server.convert import (
+    duration,
+    encoding_from_proto,
+    metrics_to_proto,
+    options_from_proto,
+    transcript_to_proto,
+)
+from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.worker import ModelWorker
+from parakeet_server.errors import (
+    AudioTooLong,
+    DeadlineExceeded,
+    InvalidAudio,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+    ParakeetError,
+)
+from parakeet_server.metrics import RequestFigures
+
+log = logging.getLogger("parakeet_server.requests")
+
+_STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
+    InvalidAudio: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    AudioTooLong: grpc.StatusCode.OUT_OF_RANGE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_MODEL_KINDS = {
+    "tdt": pb.MODEL_KIND_TDT,
+    "rnnt": pb.MODEL_KIND_RNNT,
+    "ctc": pb.MODEL_KIND_CTC,
+    "tdt_ctc": pb.MODEL_KIND_TDT_CTC,
+}
+
+
+def status_for(error: ParakeetError) -> grpc.StatusCode:
+    for kind, code in _STATUS.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
+    """parakeet.v1.TranscriptionService over one ModelWorker."""
+
+    def __init__(self, worker: ModelWorker[ParakeetEngine], config: ServerConfig) -> None:
+        self._worker = worker
+        self._config = config
+        self._started = time.monotonic()
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranscribeResponse:
+        request_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        try:
+            return await self._transcribe(request, context, request_id, started)
+        except ParakeetError as error:
+            await self._abort(context, "Transcribe", request_id, status_for(error), str(error))
+        except Exception:
+            log.exception("request id=%s rpc=Transcribe failed unexpectedly", request_id)
+            await self._abort(
+                context,
+                "Transcribe",
+                request_id,
+                grpc.StatusCode.INTERNAL,
+                f"internal error while transcribing (request id {request_id}); "
+                "the server log has the details",
+            )
+
+    async def _transcribe(
+        self,
+        request: pb.TranscribeRequest,
+        context: grpc.aio.ServicerContext,
+        request_id: str,
+        started: float,
+    ) -> pb.TranscribeResponse:
+        engine = self._worker.engine
+        if engine is None:
+            raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+        options = options_from_proto(request.options)
+        encoding = encoding_from_proto(request.format.encoding)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        audio = await asyncio.to_thread(
+            decode_audio,
+            request.audio,
+            encoding=encoding,
+            sample_rate=request.format.sample_rate_hertz,
+            channels=request.format.channel_count,
+            target_rate=engine.info.sample_rate,
+            max_seconds=self._config.max_audio_seconds,
+        )
+        decoded = time.perf_counter()
+        timed = await self._worker.transcribe(audio.samples, options, deadline=deadline)
+        figures = RequestFigures(
+            audio_seconds=audio.duration_seconds,
+            processing_seconds=time.perf_counter() - started,
+            word_count=timed.value.word_count,
+            decode_seconds=decoded - started,
+            queue_seconds=timed.queue_seconds,
+            inference_seconds=timed.run_seconds,
+        )
+        log.info(
+            "%s id=%s rpc=Transcribe peer=%s format=%s status=OK",
+            figures.perf_line(),
+            request_id,
+            context.peer(),
+            audio.source_format,
+        )
+        return pb.TranscribeResponse(
+            transcript=transcript_to_proto(timed.value),
+            metrics=metrics_to_proto(figures),
+            request_id=request_id,
+        )
+
+    async def StreamingTranscribe(
+        self,
+        request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "StreamingTranscribe is not available in this server version yet; "
+            "send the whole recording with Transcribe",
+        )
+        yield pb.StreamingTranscribeResponse()  # pragma: no cover - abort raises
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        response = pb.GetServerInfoResponse(
+            model_id=self._config.model,
+            server_version=__version__,
+            uptime=duration(time.monotonic() - self._started),
+            max_request_bytes=self._config.max_message_bytes,
+            max_audio_seconds=self._config.max_audio_seconds,
+        )
+        engine = self._worker.engine
+        if engine is not None:
+            info = engine.info
+            response.model_kind = _MODEL_KINDS.get(info.kind, pb.MODEL_KIND_UNSPECIFIED)
+            response.sample_rate_hertz = info.sample_rate
+            response.vocabulary_size = info.vocabulary_size
+            response.dtype = info.dtype
+            response.warm = True
+            response.load_duration.CopyFrom(duration(info.load_seconds))
+            response.warmup_duration.CopyFrom(duration(info.warmup_seconds))
+            response.device = info.device
+            response.blas = info.blas
+            response.parameter_count = info.parameter_count
+            response.library_versions.update(info.library_versions)
+        return response
+
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext,
+        rpc: str,
+        request_id: str,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> NoReturn:
+        log.info(
+            "request id=%s rpc=%s peer=%s status=%s message=%r",
+            request_id,
+            rpc,
+            context.peer(),
+            code.name,
+            message,
+        )
+        await context.abort(code, message)
+

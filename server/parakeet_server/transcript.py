@@ -1,0 +1,52 @@
+"""Plain data for what goes into and comes out of transcription; no gRPC, no MLX."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class DecodingMethod(enum.Enum):
+    GREEDY = "greedy"
+    BEAM = "beam"
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """What a client may choose; the defaults are what a dictation client wants."""
+
+    word_timestamps: bool = False
+    decoding: DecodingMethod = DecodingMethod.GREEDY
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    patience: float = 1.0
+    duration_reward: float = 0.7
+    max_words: int | None = None
+    max_silence_seconds: float | None = None
+    max_segment_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start: float
+    end: float
+    confidence: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: tuple[Segment, ...] = ()
+    # Counted from the tokens even when `words` are not requested, for the PERF figures.
+    word_count: int = 0
+    token_ids: tuple[int, ...] = field(default=(), repr=False)
