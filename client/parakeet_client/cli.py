@@ -58,8 +58,8 @@ def _fail(message: str, code: int) -> int:
 
 
 def _describe_rpc_error(error: grpc.RpcError, server: str) -> tuple[str, int]:
-    code = error.code()  # type: ignore[attr-defined]
-    details = error.details()  # type: ignore[attr-defined]
+    code = error.code()
+    details = error.details()
     if code == grpc.StatusCode.UNAVAILABLE:
         if "loading" in (details or ""):
             return f"the server at {server} is not ready: {details}", EXIT_UNAVAILABLE

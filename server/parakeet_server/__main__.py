@@ -1,4 +1,4 @@
-"""`parakeet-server` / `python -m parakeet_server`: flags and environment -> ServerConfig -> serve()."""
+"""`parakeet-server` and `python -m parakeet_server`: flags and environment -> serve()."""
 
 from __future__ import annotations
 

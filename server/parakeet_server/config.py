@@ -1,4 +1,4 @@
-"""Every server setting in one frozen dataclass, parsed once from flags and their PARAKEET_* twins."""
+"""Every server setting in one frozen dataclass, parsed once from flags and PARAKEET_* twins."""
 
 from __future__ import annotations
 
@@ -56,25 +56,53 @@ class ServerConfig:
 # flag name -> (field, type, help). Each flag's environment twin is PARAKEET_<FIELD>.
 _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--model", "model", str, "Hugging Face id or local directory of a Parakeet MLX model"),
-    ("--dtype", "dtype", str, f"weight dtype, one of {', '.join(DTYPES)} "
-     "(auto: float32 on CPU, bfloat16 on Apple GPUs)"),
+    (
+        "--dtype",
+        "dtype",
+        str,
+        f"weight dtype, one of {', '.join(DTYPES)} (auto: float32 on CPU, bfloat16 on Apple GPUs)",
+    ),
     ("--host", "host", str, "address to listen on (0.0.0.0 or :: for every interface)"),
     ("--port", "port", int, "port to listen on (0: any free port)"),
-    ("--max-message-bytes", "max_message_bytes", int,
-     "largest request accepted, in bytes; larger ones get RESOURCE_EXHAUSTED"),
-    ("--max-audio-seconds", "max_audio_seconds", float,
-     "longest audio accepted per request; longer gets OUT_OF_RANGE"),
-    ("--max-queued-requests", "max_queued_requests", int,
-     "requests waiting for or using the model at once; more get RESOURCE_EXHAUSTED"),
-    ("--chunk-seconds", "chunk_seconds", float,
-     "audio longer than this is transcribed in overlapping chunks"),
+    (
+        "--max-message-bytes",
+        "max_message_bytes",
+        int,
+        "largest request accepted, in bytes; larger ones get RESOURCE_EXHAUSTED",
+    ),
+    (
+        "--max-audio-seconds",
+        "max_audio_seconds",
+        float,
+        "longest audio accepted per request; longer gets OUT_OF_RANGE",
+    ),
+    (
+        "--max-queued-requests",
+        "max_queued_requests",
+        int,
+        "requests waiting for or using the model at once; more get RESOURCE_EXHAUSTED",
+    ),
+    (
+        "--chunk-seconds",
+        "chunk_seconds",
+        float,
+        "audio longer than this is transcribed in overlapping chunks",
+    ),
     ("--chunk-overlap-seconds", "chunk_overlap_seconds", float, "overlap between chunks"),
-    ("--shutdown-grace-seconds", "shutdown_grace_seconds", float,
-     "on SIGTERM/SIGINT, time in-flight requests get to finish"),
+    (
+        "--shutdown-grace-seconds",
+        "shutdown_grace_seconds",
+        float,
+        "on SIGTERM/SIGINT, time in-flight requests get to finish",
+    ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),
-    ("--blas", "blas", str, "Linux: path of a BLAS library for MLX, or 'bundled' "
-     "(default: find OpenBLAS)"),
+    (
+        "--blas",
+        "blas",
+        str,
+        "Linux: path of a BLAS library for MLX, or 'bundled' (default: find OpenBLAS)",
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ from parakeet_server.transcript import DecodingMethod, Transcript, Transcription
 
 MAX_BEAM_SIZE = 32
 
-_ENCODINGS = {
+_ENCODINGS: dict[int, Encoding] = {
     pb.AudioFormat.ENCODING_UNSPECIFIED: Encoding.CONTAINER,
     pb.AudioFormat.ENCODING_LINEAR16: Encoding.LINEAR16,
     pb.AudioFormat.ENCODING_FLOAT32: Encoding.FLOAT32,
@@ -57,9 +57,7 @@ def options_from_proto(options: pb.TranscriptionOptions) -> TranscriptionOptions
     if patience < 1.0:
         raise InvalidRequest(f"options.patience must be at least 1.0, not {patience}")
     duration_reward = (
-        options.duration_reward
-        if options.HasField("duration_reward")
-        else defaults.duration_reward
+        options.duration_reward if options.HasField("duration_reward") else defaults.duration_reward
     )
     if not 0.0 <= duration_reward <= 1.0:
         raise InvalidRequest(

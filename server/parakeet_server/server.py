@@ -43,7 +43,7 @@ class Server:
             ),
             max_pending=config.max_queued_requests,
         )
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # A little headroom over the audio limit for the rest of the request.
         message_limit = config.max_message_bytes + 64 * 1024
         self.grpc = grpc.aio.server(
@@ -109,7 +109,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         await self.grpc.stop(grace)
-        self.worker.close()
+        await self.worker.close()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in _HEALTH_SERVICES:
@@ -132,7 +132,7 @@ async def serve(config: ServerConfig) -> int:
         except ModelLoadError as error:
             log.error("cannot start: %s", error)
             await server.grpc.stop(None)
-            server.worker.close()
+            await server.worker.close()
             return 2
         except OSError as error:
             log.error("cannot start: %s", error)

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -34,9 +34,11 @@ from parakeet_server.errors import (
     Overloaded,
     ParakeetError,
 )
-from parakeet_server.metrics import RequestFigures
+from parakeet_server.metrics import RequestFigures, rss_bytes
 
 log = logging.getLogger("parakeet_server.requests")
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
     InvalidAudio: grpc.StatusCode.INVALID_ARGUMENT,
@@ -71,7 +73,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         self._started = time.monotonic()
 
     async def Transcribe(
-        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.TranscribeRequest, context: Context
     ) -> pb.TranscribeResponse:
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
@@ -93,13 +95,19 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
     async def _transcribe(
         self,
         request: pb.TranscribeRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         request_id: str,
         started: float,
     ) -> pb.TranscribeResponse:
         engine = self._worker.engine
         if engine is None:
             raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+        log.debug(
+            "request id=%s rpc=Transcribe received bytes=%d peer=%s",
+            request_id,
+            len(request.audio),
+            context.peer(),
+        )
         options = options_from_proto(request.options)
         encoding = encoding_from_proto(request.format.encoding)
         remaining = context.time_remaining()
@@ -139,7 +147,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
     async def StreamingTranscribe(
         self,
         request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
@@ -149,7 +157,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         yield pb.StreamingTranscribeResponse()  # pragma: no cover - abort raises
 
     async def GetServerInfo(
-        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetServerInfoRequest, context: Context
     ) -> pb.GetServerInfoResponse:
         response = pb.GetServerInfoResponse(
             model_id=self._config.model,
@@ -172,11 +180,15 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             response.blas = info.blas
             response.parameter_count = info.parameter_count
             response.library_versions.update(info.library_versions)
+            active, cached = engine.memory()
+            response.mlx_active_memory_bytes = active
+            response.mlx_cache_memory_bytes = cached
+        response.resident_memory_bytes = rss_bytes()
         return response
 
     async def _abort(
         self,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         rpc: str,
         request_id: str,
         code: grpc.StatusCode,
@@ -191,4 +203,3 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             message,
         )
         await context.abort(code, message)
-

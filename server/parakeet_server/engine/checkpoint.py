@@ -160,6 +160,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(write_checkpoint(args.out, kind=args.kind, size=args.size, seed=args.seed))
+    import mlx.core as mx
+
+    mx.clear_streams()  # before the interpreter exits, or it aborts (ml-explore/mlx#4327)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from parakeet_server.engine.blas import BlasChoice, use_fast_blas
+from parakeet_server.engine.malloc import release_free_heap
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import (
     DecodingMethod,
@@ -99,7 +100,9 @@ class ParakeetEngine:
         if dtype not in DTYPES:
             raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         # bfloat16 matmuls never reach BLAS on CPU and are slower there than float32.
-        resolved_dtype = ("bfloat16" if device == "gpu" else "float32") if dtype == "auto" else dtype
+        resolved_dtype = (
+            ("bfloat16" if device == "gpu" else "float32") if dtype == "auto" else dtype
+        )
         source = _resolve_source(model_id)
         started = time.perf_counter()
         try:
@@ -107,6 +110,7 @@ class ParakeetEngine:
             # Weights load lazily and are bound to the loading thread's stream until evaluated.
             mx.eval(model.parameters())
         except Exception as error:  # the hub, the filesystem, safetensors, config parsing
+            mx.clear_streams()
             raise ModelLoadError(_describe_load_failure(model_id, source, error)) from error
         load_seconds = time.perf_counter() - started
         preprocessor = model.preprocessor_config
@@ -139,7 +143,7 @@ class ParakeetEngine:
         noise = np.random.default_rng(0).normal(0.0, 0.05, self.info.sample_rate)
         self.transcribe(noise.astype(np.float32), TranscriptionOptions())
         seconds = time.perf_counter() - started
-        self.info = _replace(self.info, warmup_seconds=seconds)
+        self.info = replace(self.info, warmup_seconds=seconds)
         return seconds
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
@@ -159,9 +163,26 @@ class ParakeetEngine:
             result = sentences_to_result(tokens_to_sentences(tokens, config.sentence))
             return _to_transcript(result, word_timestamps=options.word_timestamps)
         finally:
-            # MLX keeps freed buffers for reuse; without this its cache grows with the
-            # longest input seen and memory climbs across requests.
+            # MLX keeps freed buffers for reuse, and glibc keeps what MLX frees: without
+            # both releases memory climbs with the longest inputs seen (see malloc.py).
             mx.clear_cache()
+            release_free_heap()
+
+    def memory(self) -> tuple[int, int]:
+        """Bytes MLX holds in live arrays and in its reuse cache; safe from any thread."""
+        import mlx.core as mx
+
+        return int(mx.get_active_memory()), int(mx.get_cache_memory())
+
+    def close(self) -> None:
+        """Frees the model and this thread's MLX streams; call on the model thread, last."""
+        import mlx.core as mx
+
+        del self._model
+        mx.clear_cache()
+        # Since mlx 0.32 a thread's streams must be destroyed by that thread before the
+        # interpreter finalizes, or the process aborts at exit (ml-explore/mlx#4327).
+        mx.clear_streams()
 
     def _transcribe_tokens(self, samples: np.ndarray, config: Any) -> list[Any]:
         rate = self.info.sample_rate
@@ -241,7 +262,7 @@ def _resolve_source(model_id: str) -> str:
         return model_id
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
-    missing = [name for name in ("config.json", "model.safetensors") if not (path / name).is_file()]
+    missing = [name for name in ("config.json", "model.safetensors") if not (path / name).exists()]
     if missing:
         raise ModelLoadError(
             f"model directory {path} lacks {' and '.join(missing)}; a Parakeet MLX checkpoint "
@@ -277,7 +298,7 @@ def _kind_of(model: Any) -> str:
 def _flatten(tree: Any) -> list[tuple[str, Any]]:
     from mlx.utils import tree_flatten
 
-    return list(tree_flatten(tree))
+    return cast("list[tuple[str, Any]]", tree_flatten(tree))
 
 
 def _matmul_gflops(n: int = 512, repeats: int = 4) -> float:
@@ -302,12 +323,6 @@ def _log_blas(choice: BlasChoice, info: ModelInfo) -> None:
         log.warning(message, choice.name, info.matmul_gflops, choice.detail)
     else:
         log.info(message, choice.name, info.matmul_gflops, choice.detail)
-
-
-def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
 
 
 def _geometric_mean(values: list[float]) -> float:

@@ -33,6 +33,9 @@ class Engine(Protocol):
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript: ...
 
+    def close(self) -> None:
+        """Releases what the engine holds on the calling (model) thread."""
+
 
 E = TypeVar("E", bound=Engine)
 
@@ -73,7 +76,11 @@ class ModelWorker(Generic[E]):
 
         def load_and_warm() -> E:
             engine = self._load()
-            engine.warm_up()
+            if not self._closed:
+                engine.warm_up()
+            if self._closed:  # shut down while loading: nobody else will close it
+                engine.close()
+                raise ModelUnavailable("the server shut down while the model was loading")
             return engine
 
         loop = asyncio.get_running_loop()
@@ -87,8 +94,9 @@ class ModelWorker(Generic[E]):
         caller was cancelled, is dropped without running.
         """
         if self._engine is None or self._closed:
-            raise ModelUnavailable("the model is not loaded yet" if not self._closed else
-                                   "the server is shutting down")
+            raise ModelUnavailable(
+                "the model is not loaded yet" if not self._closed else "the server is shutting down"
+            )
         with self._lock:
             if self._pending >= self._max_pending:
                 raise Overloaded(
@@ -126,7 +134,18 @@ class ModelWorker(Generic[E]):
     ) -> Timed[Transcript]:
         return await self.run(lambda engine: engine.transcribe(samples, options), deadline=deadline)
 
-    def close(self) -> None:
-        """Refuses new jobs and lets the model thread finish the queued ones."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuses new jobs, drops queued ones, and closes the engine on the model thread.
+
+        Native runtimes (MLX) must release a thread's resources on that very thread before
+        the interpreter exits, or the process aborts during finalization.
+        """
         self._closed = True
+        engine = self._engine
+        if engine is not None:
+            closing = self._executor.submit(engine.close)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
+            except TimeoutError:
+                log.warning("the model thread did not finish within %.0f s", timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -210,7 +210,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions")
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,9 @@ class GetServerInfoResponse(_message.Message):
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LIBRARY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_ACTIVE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_CACHE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_kind: ModelKind
     sample_rate_hertz: int
@@ -250,4 +253,7 @@ class GetServerInfoResponse(_message.Message):
     max_request_bytes: int
     max_audio_seconds: float
     library_versions: _containers.ScalarMap[str, str]
-    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    resident_memory_bytes: int
+    mlx_active_memory_bytes: int
+    mlx_cache_memory_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,223 @@
+"""Fixtures: small generated Parakeet checkpoints, real speech, and real servers on free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from audio_samples import convert, speak
+from parakeet.v1 import transcription_pb2 as pb
+from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.engine.blas import use_fast_blas
+from parakeet_server.engine.checkpoint import write_checkpoint
+
+# In-process engine tests load MLX too: give them the BLAS the server would have.
+use_fast_blas()
+
+SENTENCE = "Please schedule the meeting for Tuesday at ten thirty, and invite the whole team."
+_SERVING = re.compile(r"SERVING address=\S+:(\d+)")
+_LISTENING = re.compile(r"listening address=\S+:(\d+)")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random TDT, RNN-T and CTC checkpoints saved the way real ones are."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {kind: write_checkpoint(root / kind, kind=kind) for kind in ("tdt", "rnnt", "ctc")}
+
+
+@pytest.fixture(scope="session")
+def tdt_checkpoint(checkpoints: dict[str, Path]) -> Path:
+    return checkpoints["tdt"]
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One spoken sentence as 16 kHz mono WAV (`speech.wav`) and in every other format."""
+    root = tmp_path_factory.mktemp("speech")
+    spoken = speak(SENTENCE, root / "espeak.wav")
+    convert(spoken, root / "speech.wav", rate=16000, channels=1)
+    for suffix in ("flac", "ogg", "opus", "mp3", "m4a", "s16le", "f32le"):
+        convert(root / "speech.wav", root / f"speech.{suffix}")
+    for rate in (8000, 44100, 48000):
+        convert(spoken, root / f"speech_{rate}.wav", rate=rate, channels=1)
+    convert(spoken, root / "speech_stereo.wav", rate=44100, channels=2)
+    convert(spoken, root / "speech_stereo.m4a", rate=48000, channels=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def speech_wav(speech_dir: Path) -> bytes:
+    return (speech_dir / "speech.wav").read_bytes()
+
+
+@dataclass
+class RunningServer:
+    """A parakeet-server process started for a test."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ],
+        )
+        self.channels.append(channel)
+        return channel
+
+    def stub(self) -> pb_grpc.TranscriptionServiceStub:
+        return pb_grpc.TranscriptionServiceStub(self.channel())
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 120.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = pattern.search(self.log())
+            if match:
+                return match
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"server did not log {pattern.pattern!r} in {timeout}s:\n{self.log()}")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        for channel in self.channels:
+            channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(
+                    f"server ignored SIGTERM for {timeout}s:\n{self.log()}"
+                ) from None
+        return self.process.returncode
+
+
+def start_server(
+    model: Path | str,
+    log_dir: Path,
+    *extra: str,
+    wait: str = "serving",
+    env: dict[str, str] | None = None,
+) -> RunningServer:
+    """Starts `python -m parakeet_server` on a free loopback port.
+
+    wait="serving" returns once the model is warm, "listening" once the port is open, and
+    "none" right away (port unknown).
+    """
+    log_path = log_dir / f"server-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "parakeet_server",
+                "--model",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *extra,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1", **(env or {})},
+        )
+    server = RunningServer(process, log_path)
+    if wait == "none":
+        return server
+    try:
+        match = server.wait_for(_SERVING if wait == "serving" else _LISTENING)
+    except AssertionError:
+        server.stop()
+        raise
+    server.port = int(match.group(1))
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(
+    tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The shared server on the tiny TDT checkpoint, with a small message limit."""
+    running = start_server(
+        tdt_checkpoint, tmp_path_factory.mktemp("logs"), "--max-message-bytes", "3000000"
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture
+def stub(server: RunningServer) -> pb_grpc.TranscriptionServiceStub:
+    return server.stub()
+
+
+def transcribe(
+    stub: pb_grpc.TranscriptionServiceStub,
+    audio: bytes,
+    *,
+    encoding: int = pb.AudioFormat.ENCODING_UNSPECIFIED,
+    sample_rate: int = 0,
+    channels: int = 0,
+    **options: object,
+) -> pb.TranscribeResponse:
+    request = pb.TranscribeRequest(
+        audio=audio,
+        format=pb.AudioFormat(
+            encoding=encoding, sample_rate_hertz=sample_rate, channel_count=channels
+        ),
+        options=pb.TranscriptionOptions(**options),  # type: ignore[arg-type]
+    )
+    response: pb.TranscribeResponse = stub.Transcribe(request, timeout=120)
+    return response
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_mlx_streams() -> Iterator[None]:
+    """MLX aborts at interpreter exit unless each thread that used it clears its streams."""
+    yield
+    if "mlx.core" in sys.modules:
+        import mlx.core as mx
+
+        mx.clear_streams()

@@ -1,0 +1,102 @@
+"""parakeet-client against a real server, as a person runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import RunningServer
+
+
+def _client(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "parakeet_client", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_transcribe_prints_text_and_perf(server: RunningServer, speech_dir: Path) -> None:
+    result = _client("--server", server.address, "transcribe", str(speech_dir / "speech.m4a"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert result.stderr.startswith("PERF audio=")
+    assert "rtf=" in result.stderr
+    assert "wps=" in result.stderr
+
+
+def test_transcribe_words_prints_one_line_per_word(server: RunningServer, speech_dir: Path) -> None:
+    result = _client(
+        "--server", server.address, "transcribe", "--words", str(speech_dir / "speech.wav")
+    )
+    assert result.returncode == 0, result.stderr
+    text, *word_lines = result.stdout.strip().splitlines()
+    assert len(word_lines) == len(text.split())
+    for line, word in zip(word_lines, text.split(), strict=True):
+        start, end, confidence, printed = line.split()
+        assert float(start) <= float(end)
+        assert 0 <= float(confidence) <= 1
+        assert printed == word
+
+
+def test_transcribe_json_is_the_response(server: RunningServer, speech_dir: Path) -> None:
+    result = _client(
+        "--server", server.address, "transcribe", "--json", str(speech_dir / "speech.flac")
+    )
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert response["transcript"]["text"]
+    assert response["transcript"]["segments"][0]["words"]
+    assert response["metrics"]["audioSeconds"] > 1
+    assert response["requestId"]
+
+
+def test_raw_pcm_file(server: RunningServer, speech_dir: Path) -> None:
+    wav = _client("--server", server.address, "transcribe", str(speech_dir / "speech.wav"))
+    raw = _client(
+        "--server",
+        server.address,
+        "transcribe",
+        str(speech_dir / "speech.s16le"),
+        "--encoding",
+        "linear16",
+        "--sample-rate",
+        "16000",
+    )
+    assert raw.returncode == 0, raw.stderr
+    assert raw.stdout == wav.stdout
+
+
+def test_info_shows_the_model(server: RunningServer) -> None:
+    result = _client("--server", server.address, "info")
+    assert result.returncode == 0, result.stderr
+    assert "kind            tdt" in result.stdout
+    assert "warm            yes" in result.stdout
+
+
+def test_invalid_audio_is_reported_not_raised(server: RunningServer, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"nonsense" * 64)
+    result = _client("--server", server.address, "transcribe", str(garbage))
+    assert result.returncode == 1
+    assert result.stderr.startswith("parakeet-client: INVALID_ARGUMENT:")
+    assert "Traceback" not in result.stderr
+
+
+def test_server_down_is_a_clear_message(unused_port: int, speech_dir: Path) -> None:
+    result = _client(
+        "--server", f"127.0.0.1:{unused_port}", "transcribe", str(speech_dir / "speech.wav")
+    )
+    assert result.returncode == 3
+    assert "cannot reach parakeet-server" in result.stderr
+    assert "Is it running?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_a_clear_message(server: RunningServer, tmp_path: Path) -> None:
+    result = _client("--server", server.address, "transcribe", str(tmp_path / "nope.wav"))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr

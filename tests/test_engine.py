@@ -1,0 +1,81 @@
+"""The engine in-process: every model kind loads through the production path and decodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parakeet_server.engine.model import ChunkingConfig, ParakeetEngine
+from parakeet_server.errors import InvalidRequest, ModelLoadError
+from parakeet_server.transcript import DecodingMethod, TranscriptionOptions
+
+
+@pytest.fixture(scope="module")
+def noise() -> np.ndarray:
+    return np.random.default_rng(3).normal(0, 0.1, 16000 * 4).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["tdt", "rnnt", "ctc"])
+def test_every_kind_loads_and_transcribes_deterministically(
+    checkpoints: dict[str, Path], kind: str, noise: np.ndarray
+) -> None:
+    engine = ParakeetEngine.load(str(checkpoints[kind]))
+    assert engine.info.kind == kind
+    assert engine.info.dtype == "float32"
+    assert engine.info.min_samples == 1280
+    assert engine.warm_up() > 0
+    options = TranscriptionOptions(word_timestamps=True)
+    first = engine.transcribe(noise, options)
+    assert first == engine.transcribe(noise, options)
+    assert first.token_ids
+    words = [word for segment in first.segments for word in segment.words]
+    assert len(words) == first.word_count == len(first.text.split())
+
+
+@pytest.mark.parametrize("kind", ["tdt", "rnnt"])
+def test_beam_search_runs_on_transducers(
+    checkpoints: dict[str, Path], kind: str, noise: np.ndarray
+) -> None:
+    engine = ParakeetEngine.load(str(checkpoints[kind]))
+    options = TranscriptionOptions(decoding=DecodingMethod.BEAM, beam_size=2)
+    assert engine.transcribe(noise, options) == engine.transcribe(noise, options)
+
+
+def test_shorter_than_one_encoder_frame_is_refused(checkpoints: dict[str, Path]) -> None:
+    engine = ParakeetEngine.load(str(checkpoints["tdt"]))
+    # 159 samples crash MLX's STFT outright; the engine must never pass them on.
+    for length in (0, 1, 159, 1279):
+        with pytest.raises(InvalidRequest, match="at least 80 ms"):
+            engine.transcribe(np.zeros(length, dtype=np.float32), TranscriptionOptions())
+    engine.transcribe(np.zeros(1280, dtype=np.float32), TranscriptionOptions())
+
+
+def test_long_audio_is_chunked_with_times_from_the_start(checkpoints: dict[str, Path]) -> None:
+    chunking = ChunkingConfig(chunk_seconds=10.0, overlap_seconds=2.0)
+    engine = ParakeetEngine.load(str(checkpoints["tdt"]), chunking=chunking)
+    audio = np.random.default_rng(4).normal(0, 0.1, 16000 * 35).astype(np.float32)
+    result = engine.transcribe(audio, TranscriptionOptions(word_timestamps=True))
+    words = [word for segment in result.segments for word in segment.words]
+    starts = [word.start for word in words]
+    assert starts == sorted(starts)
+    assert words[-1].end > 30.0  # the last chunk's words sit at their place in the recording
+    assert words[-1].end <= 35.0 + 0.5
+
+
+def test_missing_directory_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ParakeetEngine.load(str(tmp_path / "nothing"))
+
+
+def test_corrupt_weights_are_a_load_error(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes((checkpoints["tdt"] / "config.json").read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelLoadError, match="could not load model from"):
+        ParakeetEngine.load(str(tmp_path))
+
+
+def test_unknown_dtype_is_a_load_error(checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="dtype"):
+        ParakeetEngine.load(str(checkpoints["tdt"]), dtype="int3")

@@ -1,0 +1,171 @@
+"""Startup, readiness, shutdown and memory of a real server process."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import RunningServer, start_server, transcribe
+from parakeet.v1 import transcription_pb2 as pb
+
+SERVICE = "parakeet.v1.TranscriptionService"
+
+
+def _health(server: RunningServer, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(server.channel())
+    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return int(response.status)
+
+
+def test_health_is_not_serving_until_the_model_is_loaded_and_warm(
+    tdt_checkpoint: Path, tmp_path: Path, speech_wav: bytes
+) -> None:
+    # config.json as a named pipe: loading blocks until the test writes it, so the
+    # server is observably up but not ready, with no sleeps and no test hooks.
+    model = tmp_path / "model"
+    model.mkdir()
+    os.symlink(tdt_checkpoint / "model.safetensors", model / "model.safetensors")
+    os.mkfifo(model / "config.json")
+    server = start_server(model, tmp_path, wait="listening")
+    try:
+        assert _health(server) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _health(server, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = server.stub()
+        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+        assert not info.warm
+        with pytest.raises(grpc.RpcError) as raised:
+            transcribe(stub, speech_wav)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in raised.value.details()
+
+        (model / "config.json").write_bytes((tdt_checkpoint / "config.json").read_bytes())
+        server.wait_for(re.compile(r"SERVING address="))
+        assert _health(server) == health_pb2.HealthCheckResponse.SERVING
+        assert _health(server, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+        assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).warm
+        assert transcribe(stub, speech_wav).transcript.segments
+        log = server.log()
+        assert log.index("listening") < log.index("model loaded") < log.index("SERVING address=")
+        assert "blas=" in log
+        assert "rss=" in log
+        assert "load=" in log
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_lets_an_in_flight_request_finish_then_exits_zero(
+    tdt_checkpoint: Path, tmp_path: Path
+) -> None:
+    server = start_server(tdt_checkpoint, tmp_path, "--log-level", "debug")
+    long_audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 240).astype("<f4").tobytes()
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            result["response"] = transcribe(
+                server.stub(),
+                long_audio,
+                encoding=pb.AudioFormat.ENCODING_FLOAT32,
+                sample_rate=16000,
+            )
+        except grpc.RpcError as error:
+            result["error"] = error
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    server.wait_for(re.compile(r"rpc=Transcribe received"))
+    server.process.send_signal(signal.SIGTERM)
+    caller.join(120)
+    assert server.process.wait(60) == 0, server.log()
+    assert "response" in result, result.get("error")
+    response = result["response"]
+    assert isinstance(response, pb.TranscribeResponse)
+    assert response.metrics.audio_seconds == pytest.approx(240)
+    log = server.log()
+    assert log.index("shutting down") < log.index("PERF audio=240.00s") < log.index("stopped")
+
+
+def test_missing_model_directory_is_one_clear_error(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "no-such-model", tmp_path, wait="none")
+    code = server.process.wait(60)
+    log = server.log()
+    assert code == 2, log
+    assert "does not exist" in log
+    assert "Traceback" not in log
+
+
+def test_directory_without_weights_is_one_clear_error(tdt_checkpoint: Path, tmp_path: Path) -> None:
+    model = tmp_path / "half"
+    model.mkdir()
+    shutil.copy(tdt_checkpoint / "config.json", model)
+    server = start_server(model, tmp_path, wait="none")
+    assert server.process.wait(60) == 2
+    assert "lacks model.safetensors" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_unreachable_hub_model_is_one_clear_error(tmp_path: Path) -> None:
+    server = start_server("mlx-community/parakeet-tdt-0.6b-v3", tmp_path, wait="none")
+    assert server.process.wait(120) == 2
+    log = server.log()
+    assert "could not load model 'mlx-community/parakeet-tdt-0.6b-v3'" in log
+    assert "Hugging Face" in log
+    assert "Traceback" not in log
+
+
+def test_bad_flag_value_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "parakeet_server", "--port", "not-a-port"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_memory_stays_flat_over_200_requests(tdt_checkpoint: Path, tmp_path: Path) -> None:
+    server = start_server(tdt_checkpoint, tmp_path)
+    try:
+        stub = server.stub()
+        rng = np.random.default_rng(2)
+        # Varying lengths: MLX's buffer cache and glibc's heaps would otherwise keep the
+        # buffers of the longest requests for the life of the process.
+        clips = [
+            rng.normal(0, 0.1, int(16000 * seconds)).astype("<f4").tobytes()
+            for seconds in (0.5, 8.0, 1.0, 20.0, 3.0)
+        ]
+
+        def run(count: int) -> None:
+            for index in range(count):
+                transcribe(
+                    stub,
+                    clips[index % len(clips)],
+                    encoding=pb.AudioFormat.ENCODING_FLOAT32,
+                    sample_rate=16000,
+                )
+
+        run(25)  # allocator and gRPC buffers settle
+        before = server.rss_bytes()
+        run(200)
+        after = server.rss_bytes()
+        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+        assert info.mlx_cache_memory_bytes == 0  # released after every request
+        assert info.mlx_active_memory_bytes < 10e6  # the tiny model's weights, nothing more
+        assert info.resident_memory_bytes == pytest.approx(after, rel=0.05)
+        growth_mb = (after - before) / 1e6
+        assert growth_mb < 15, f"RSS grew {growth_mb:.1f} MB over 200 requests"
+    finally:
+        assert server.stop() == 0
