@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parakeet_server.engine.model import ChunkingConfig, ParakeetEngine
+from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import DecodingMethod, TranscriptionOptions
 

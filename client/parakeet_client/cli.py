@@ -3,27 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import grpc
 from google.protobuf import json_format
 
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.stream import (
+    Microphone,
+    MicrophoneUnavailable,
+    Renderer,
+    UnreadableAudio,
+    chunk_requests,
+    read_pcm,
+    requests,
+)
 
 DEFAULT_SERVER = "localhost:50051"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 _ENCODINGS = {
     "container": pb.AudioFormat.ENCODING_UNSPECIFIED,
     "linear16": pb.AudioFormat.ENCODING_LINEAR16,
     "float32": pb.AudioFormat.ENCODING_FLOAT32,
+}
+
+_MODES = {
+    "auto": pb.FINALIZATION_MODE_AUTO,
+    "streaming": pb.FINALIZATION_MODE_STREAMING,
+    "full-context": pb.FINALIZATION_MODE_FULL_CONTEXT,
 }
 
 
@@ -103,6 +123,105 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
     return 0
 
 
+@contextlib.contextmanager
+def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C ends the audio, and the final result still comes; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
+    if args.chunk_ms <= 0:
+        return _fail(f"--chunk-ms must be positive, got {args.chunk_ms}", EXIT_USAGE)
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        timeout: float | None
+        if args.mic:
+            try:
+                mic = stack.enter_context(Microphone(stop))
+            except MicrophoneUnavailable as error:
+                return _fail(str(error), EXIT_USAGE)
+            rate, channels = mic.sample_rate, mic.channels
+            # A recording lasts until Ctrl-C: no deadline.
+            timeout = None
+        else:
+            try:
+                pcm, rate, channels = read_pcm(args.file)
+            except OSError as error:
+                return _fail(f"cannot read {args.file}: {error.strerror}", EXIT_USAGE)
+            except UnreadableAudio as error:
+                return _fail(str(error), EXIT_USAGE)
+            frame_bytes = 2 * channels
+            duration = len(pcm) / channels / rate
+            timeout = args.timeout + (duration if args.realtime else 0.0)
+        config = pb.StreamingConfig(
+            format=pb.AudioFormat(
+                encoding=pb.AudioFormat.ENCODING_LINEAR16,
+                sample_rate_hertz=rate,
+                channel_count=channels,
+            ),
+            interim_results=not args.no_interim,
+            options=pb.TranscriptionOptions(word_timestamps=args.words or args.json),
+            finalization_mode=_MODES[args.mode],
+        )
+        if args.mic:
+            messages = chunk_requests(config, mic.chunks())
+            print("parakeet-client: listening; Ctrl-C to stop", file=sys.stderr)
+        else:
+            messages = requests(
+                config,
+                pcm.tobytes(),
+                max(1, round(rate * args.chunk_ms / 1000)) * frame_bytes,
+                realtime_rate_bytes_per_s=rate * frame_bytes if args.realtime else None,
+                stop=stop,
+            )
+        renderer = Renderer(sys.stdout, interim=args.interim)
+        final: pb.StreamingTranscribeResponse | None = None
+        with _stop_on_sigint(stop):
+            call = stub.StreamingTranscribe(messages, timeout=timeout)
+            try:
+                for response in call:
+                    if response.is_final:
+                        final = response
+                    elif not args.json:
+                        renderer.update(response)
+            except KeyboardInterrupt:
+                call.cancel()
+                renderer.close()
+                return _fail("interrupted", EXIT_INTERRUPTED)
+            finally:
+                # The call may end before the audio does (an error): release the source.
+                stop.set()
+                if final is None:
+                    renderer.close()
+    if final is None:
+        return _fail("the server ended the stream without a final result", EXIT_FAILED)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(final), indent=2))
+        return 0
+    renderer.finish(final)
+    if args.words:
+        print(format_words(final.transcript))
+    print(
+        f"{format_metrics(final.metrics)} "
+        f"finalization_latency={final.finalization_latency_seconds:.3f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _info(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
     response = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=args.timeout)
     if args.json:
@@ -159,6 +278,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--sample-rate", type=int, default=0, help="raw PCM: sample rate")
     transcribe.add_argument("--channels", type=int, default=1, help="raw PCM: channel count")
+    stream = commands.add_parser(
+        "stream",
+        help="stream an audio file or the microphone, showing partial results",
+        description="Stream audio as raw PCM chunks; partial results update in place on a "
+        "terminal. Ctrl-C ends the audio early and still prints the final result.",
+    )
+    source = stream.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "file", nargs="?", help="an audio file (WAV, FLAC, OGG, MP3, m4a, ...), sent as LINEAR16"
+    )
+    source.add_argument(
+        "--mic",
+        action="store_true",
+        help="record from the default microphone until Ctrl-C (pip install 'parakeet-server[mic]')",
+    )
+    stream.add_argument(
+        "--realtime", action="store_true", help="send the file no faster than it plays"
+    )
+    stream.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=100,
+        metavar="N",
+        help="milliseconds of audio per message (default %(default)s)",
+    )
+    stream.add_argument(
+        "--mode",
+        choices=list(_MODES),
+        default="auto",
+        help="how the final result is computed (default %(default)s)",
+    )
+    partials = stream.add_mutually_exclusive_group()
+    partials.add_argument(
+        "--no-interim", action="store_true", help="ask the server for the final result only"
+    )
+    partials.add_argument(
+        "--interim",
+        action="store_true",
+        help="when stdout is not a terminal, print each partial result as a line",
+    )
+    stream.add_argument("--json", action="store_true", help="print only the final response as JSON")
+    stream.add_argument("--words", action="store_true", help="print word timestamps")
     info = commands.add_parser("info", help="show the loaded model and server")
     info.add_argument("--json", action="store_true", help="print the response as JSON")
     return parser
@@ -166,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"transcribe": _transcribe, "info": _info}
+    handlers = {"transcribe": _transcribe, "stream": _stream, "info": _info}
     with grpc.insecure_channel(
         args.server,
         options=[

@@ -25,6 +25,13 @@ class ServerConfig:
     max_queued_requests: int = 32
     chunk_seconds: float = 120.0
     chunk_overlap_seconds: float = 15.0
+    max_streams: int = 8
+    max_stream_seconds: float = 3600.0
+    stream_idle_timeout_seconds: float = 30.0
+    stream_block_ms: int = 1280
+    stream_lookahead_ms: int = 640
+    stream_left_context_seconds: float = 10.0
+    auto_full_context_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     log_level: str = "info"
     log_format: str = "text"
@@ -44,6 +51,16 @@ class ServerConfig:
             problems.append("chunk seconds must be at least 5")
         if not 0 <= self.chunk_overlap_seconds <= self.chunk_seconds / 2:
             problems.append("chunk overlap must be between 0 and half the chunk length")
+        if self.max_streams < 1:
+            problems.append("max streams must be at least 1")
+        if self.max_stream_seconds <= 0 or self.stream_idle_timeout_seconds <= 0:
+            problems.append("max stream seconds and the stream idle timeout must be positive")
+        if self.stream_block_ms < 80 or self.stream_lookahead_ms < 0:
+            problems.append("stream block must be at least 80 ms and look-ahead not negative")
+        if self.stream_left_context_seconds < 0.08:
+            problems.append("stream left context must be at least 0.08 s")
+        if self.auto_full_context_seconds < 0:
+            problems.append("auto full-context seconds must not be negative")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -89,6 +106,43 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "audio longer than this is transcribed in overlapping chunks",
     ),
     ("--chunk-overlap-seconds", "chunk_overlap_seconds", float, "overlap between chunks"),
+    ("--max-streams", "max_streams", int, "streams open at once; more get RESOURCE_EXHAUSTED"),
+    (
+        "--max-stream-seconds",
+        "max_stream_seconds",
+        float,
+        "longest audio per stream; longer gets OUT_OF_RANGE",
+    ),
+    (
+        "--stream-idle-timeout-seconds",
+        "stream_idle_timeout_seconds",
+        float,
+        "a stream that sends nothing this long is ended with DEADLINE_EXCEEDED",
+    ),
+    (
+        "--stream-block-ms",
+        "stream_block_ms",
+        int,
+        "audio per streaming encoder step (rounded to 80 ms frames): the pace of partial results",
+    ),
+    (
+        "--stream-lookahead-ms",
+        "stream_lookahead_ms",
+        int,
+        "audio after a block the encoder sees before committing it: accuracy vs latency",
+    ),
+    (
+        "--stream-left-context-seconds",
+        "stream_left_context_seconds",
+        float,
+        "committed audio each streaming step attends to (bounds per-step cost and memory)",
+    ),
+    (
+        "--auto-full-context-seconds",
+        "auto_full_context_seconds",
+        float,
+        "in AUTO finalization, streams up to this long get a full-context final pass",
+    ),
     (
         "--shutdown-grace-seconds",
         "shutdown_grace_seconds",

@@ -8,6 +8,7 @@ from parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.audio import Encoding
 from parakeet_server.errors import InvalidRequest
 from parakeet_server.metrics import RequestFigures
+from parakeet_server.streams import Final, FinalizationMode, Partial, StreamConfig
 from parakeet_server.transcript import DecodingMethod, Transcript, TranscriptionOptions
 
 MAX_BEAM_SIZE = 32
@@ -125,4 +126,56 @@ def metrics_to_proto(figures: RequestFigures) -> pb.RequestMetrics:
         audio_decode_seconds=figures.decode_seconds,
         queue_seconds=figures.queue_seconds,
         inference_seconds=figures.inference_seconds,
+    )
+
+
+_MODES = {
+    pb.FINALIZATION_MODE_UNSPECIFIED: FinalizationMode.AUTO,
+    pb.FINALIZATION_MODE_AUTO: FinalizationMode.AUTO,
+    pb.FINALIZATION_MODE_STREAMING: FinalizationMode.STREAMING,
+    pb.FINALIZATION_MODE_FULL_CONTEXT: FinalizationMode.FULL_CONTEXT,
+}
+MAX_STREAM_CHANNELS = 2
+
+
+def stream_config_from_proto(config: pb.StreamingConfig) -> StreamConfig:
+    """Validates a stream's first message. Format problems are InvalidAudio, as for Transcribe."""
+    if config.finalization_mode not in _MODES:
+        raise InvalidRequest(f"finalization_mode {config.finalization_mode} is unknown")
+    encoding = encoding_from_proto(config.format.encoding)
+    if encoding is Encoding.CONTAINER:
+        raise InvalidRequest(
+            "a stream carries raw PCM: set format.encoding to ENCODING_LINEAR16 or "
+            "ENCODING_FLOAT32, and format.sample_rate_hertz (container files go to Transcribe)"
+        )
+    if config.format.channel_count > MAX_STREAM_CHANNELS:
+        raise InvalidRequest(
+            f"format.channel_count {config.format.channel_count}: streams take 1 or 2 channels"
+        )
+    return StreamConfig(
+        encoding=encoding,
+        sample_rate=config.format.sample_rate_hertz,
+        channels=config.format.channel_count,
+        interim_results=config.interim_results,
+        options=options_from_proto(config.options),
+        mode=_MODES[config.finalization_mode],
+    )
+
+
+def partial_to_proto(partial: Partial) -> pb.StreamingTranscribeResponse:
+    return pb.StreamingTranscribeResponse(
+        finalized_text=partial.finalized_text,
+        draft_text=partial.draft_text,
+        audio_processed_seconds=partial.audio_processed_seconds,
+    )
+
+
+def final_to_proto(final: Final, latency_seconds: float) -> pb.StreamingTranscribeResponse:
+    return pb.StreamingTranscribeResponse(
+        finalized_text=final.finalized_text,
+        is_final=True,
+        audio_processed_seconds=final.figures.audio_seconds,
+        transcript=transcript_to_proto(final.transcript),
+        metrics=metrics_to_proto(final.figures),
+        finalization_latency_seconds=latency_seconds,
     )

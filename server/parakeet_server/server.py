@@ -16,7 +16,8 @@ from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
 from parakeet_server.config import ServerConfig
-from parakeet_server.engine.model import ChunkingConfig, ParakeetEngine
+from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.engine.worker import ModelWorker
 from parakeet_server.errors import ModelLoadError
 from parakeet_server.metrics import rss_bytes

@@ -19,11 +19,15 @@ from parakeet_server.config import ServerConfig
 from parakeet_server.convert import (
     duration,
     encoding_from_proto,
+    final_to_proto,
     metrics_to_proto,
     options_from_proto,
+    partial_to_proto,
+    stream_config_from_proto,
     transcript_to_proto,
 )
 from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.settings import StreamingSettings
 from parakeet_server.engine.worker import ModelWorker
 from parakeet_server.errors import (
     AudioTooLong,
@@ -35,6 +39,7 @@ from parakeet_server.errors import (
     ParakeetError,
 )
 from parakeet_server.metrics import RequestFigures, rss_bytes
+from parakeet_server.streams import LiveTranscription, StreamLimits, StreamSlots
 
 log = logging.getLogger("parakeet_server.requests")
 
@@ -71,6 +76,8 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         self._worker = worker
         self._config = config
         self._started = time.monotonic()
+        self._streams = StreamSlots(config.max_streams)
+        self._limits: StreamLimits | None = None
 
     async def Transcribe(
         self, request: pb.TranscribeRequest, context: Context
@@ -149,12 +156,103 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_iterator: AsyncIterator[pb.StreamingTranscribeRequest],
         context: Context,
     ) -> AsyncIterator[pb.StreamingTranscribeResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "StreamingTranscribe is not available in this server version yet; "
-            "send the whole recording with Transcribe",
-        )
-        yield pb.StreamingTranscribeResponse()  # pragma: no cover - abort raises
+        request_id = uuid.uuid4().hex[:12]
+        live: LiveTranscription | None = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            engine = self._worker.engine
+            if engine is None:
+                raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+            first = await self._next_request(request_iterator)
+            kind = first.WhichOneof("request") if first is not None else None
+            if first is None or kind != "config":
+                raise InvalidRequest(
+                    "the first message of a stream must carry a StreamingConfig; "
+                    + ("it carried audio" if kind == "audio" else "none arrived")
+                )
+            config = stream_config_from_proto(first.config)
+            limits = self._stream_limits(engine)
+            async with self._streams.hold():
+                live = LiveTranscription(self._worker, engine, config, limits)
+                log.debug("request id=%s rpc=StreamingTranscribe opened", request_id)
+                reader = asyncio.create_task(self._read_stream(request_iterator, live))
+                while (partial := await live.next_partial()) is not None:
+                    if config.interim_results:
+                        yield partial_to_proto(partial)
+                final = await live.finish()
+                ended_at = live.ended_at or time.monotonic()
+                response = final_to_proto(final, time.monotonic() - ended_at)
+                log.info(
+                    "%s id=%s rpc=StreamingTranscribe peer=%s mode=%s final=%s blocks=%d "
+                    "block_max=%.3fs finalization=%.3fs status=OK",
+                    final.figures.perf_line(),
+                    request_id,
+                    context.peer(),
+                    config.mode.value,
+                    "full_context" if final.full_context else "streaming",
+                    final.blocks,
+                    final.block_seconds_max,
+                    response.finalization_latency_seconds,
+                )
+                yield response
+        except ParakeetError as error:
+            await self._abort(
+                context, "StreamingTranscribe", request_id, status_for(error), str(error)
+            )
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if live is not None:
+                live.close()
+
+    async def _next_request(
+        self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
+    ) -> pb.StreamingTranscribeRequest | None:
+        """The next message, None at half-close; DeadlineExceeded after the idle timeout."""
+        idle = self._config.stream_idle_timeout_seconds
+        try:
+            return await asyncio.wait_for(anext(requests), idle)
+        except StopAsyncIteration:
+            return None
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"no message arrived for {idle:g} s, the server's idle limit for a stream; "
+                "keep sending audio, or half-close the stream when the recording ends"
+            ) from None
+
+    async def _read_stream(
+        self, requests: AsyncIterator[pb.StreamingTranscribeRequest], live: LiveTranscription
+    ) -> None:
+        try:
+            while (request := await self._next_request(requests)) is not None:
+                kind = request.WhichOneof("request")
+                if kind == "config":
+                    raise InvalidRequest(
+                        "a StreamingConfig may only be the first message; this stream already "
+                        "has one"
+                    )
+                if kind == "audio":
+                    live.add_audio(request.audio)
+            live.end_input()
+        except ParakeetError as error:
+            live.fail(error)
+
+    def _stream_limits(self, engine: ParakeetEngine) -> StreamLimits:
+        if self._limits is None:
+            frame = engine.info.frame_seconds
+            config = self._config
+            self._limits = StreamLimits(
+                max_streams=config.max_streams,
+                max_seconds=config.max_stream_seconds,
+                idle_timeout_seconds=config.stream_idle_timeout_seconds,
+                auto_full_context_seconds=config.auto_full_context_seconds,
+                settings=StreamingSettings(
+                    block_frames=max(1, round(config.stream_block_ms / 1000 / frame)),
+                    lookahead_frames=round(config.stream_lookahead_ms / 1000 / frame),
+                    left_context_frames=max(1, round(config.stream_left_context_seconds / frame)),
+                ),
+            )
+        return self._limits
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
@@ -184,6 +282,14 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             response.mlx_active_memory_bytes = active
             response.mlx_cache_memory_bytes = cached
         response.resident_memory_bytes = rss_bytes()
+        response.active_streams = self._streams.active
+        response.max_streams = self._config.max_streams
+        if engine is not None:
+            settings = self._stream_limits(engine).settings
+            frame = engine.info.frame_seconds
+            response.stream_block.CopyFrom(duration(settings.block_frames * frame))
+            response.stream_lookahead.CopyFrom(duration(settings.lookahead_frames * frame))
+        response.auto_full_context_limit.CopyFrom(duration(self._config.auto_full_context_seconds))
         return response
 
     async def _abort(

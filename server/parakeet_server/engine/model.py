@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from parakeet_server.engine.blas import BlasChoice, use_fast_blas
 from parakeet_server.engine.malloc import release_free_heap
+from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import (
     DecodingMethod,
@@ -25,6 +26,9 @@ from parakeet_server.transcript import (
     TranscriptionOptions,
     Word,
 )
+
+if TYPE_CHECKING:
+    from parakeet_server.engine.streaming import StreamingSession
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +49,11 @@ class ModelInfo:
     blas: str
     parameter_count: int
     min_samples: int
+    frame_seconds: float  # one encoder frame
     load_seconds: float
     warmup_seconds: float = 0.0
     matmul_gflops: float = 0.0
     library_versions: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ChunkingConfig:
-    """Recordings longer than `chunk_seconds` are cut into overlapping chunks and merged."""
-
-    chunk_seconds: float = 120.0
-    overlap_seconds: float = 15.0
 
 
 def _library_versions() -> dict[str, str]:
@@ -72,12 +69,10 @@ def _library_versions() -> dict[str, str]:
 class ParakeetEngine:
     """A loaded Parakeet model that turns PCM into a Transcript."""
 
-    def __init__(
-        self, model: Any, info: ModelInfo, chunking: ChunkingConfig = ChunkingConfig()
-    ) -> None:
+    def __init__(self, model: Any, info: ModelInfo, chunking: ChunkingConfig | None = None) -> None:
         self._model = model
         self.info = info
-        self._chunking = chunking
+        self._chunking = chunking or ChunkingConfig()
 
     @classmethod
     def load(
@@ -86,7 +81,7 @@ class ParakeetEngine:
         *,
         dtype: str = "auto",
         blas: str | None = None,
-        chunking: ChunkingConfig = ChunkingConfig(),
+        chunking: ChunkingConfig | None = None,
     ) -> ParakeetEngine:
         """Loads `model_id` (a Hugging Face id or a local directory) with parakeet-mlx.
 
@@ -130,6 +125,7 @@ class ParakeetEngine:
             blas=blas_choice.name if device == "cpu" else "",
             parameter_count=sum(v.size for _, v in _flatten(model.parameters())),
             min_samples=min_samples,
+            frame_seconds=float(model.time_ratio),
             load_seconds=load_seconds,
             matmul_gflops=_matmul_gflops() if device == "cpu" else 0.0,
             library_versions=_library_versions(),
@@ -161,10 +157,43 @@ class ParakeetEngine:
         try:
             tokens = self._transcribe_tokens(samples, config)
             result = sentences_to_result(tokens_to_sentences(tokens, config.sentence))
-            return _to_transcript(result, word_timestamps=options.word_timestamps)
+            return to_transcript(result, word_timestamps=options.word_timestamps)
         finally:
             # MLX keeps freed buffers for reuse, and glibc keeps what MLX frees: without
             # both releases memory climbs with the longest inputs seen (see malloc.py).
+            mx.clear_cache()
+            release_free_heap()
+
+    def text(self, tokens: list[Any]) -> str:
+        """The text of a token sequence, as the model's tokenizer writes it."""
+        from parakeet_mlx.tokenizer import decode
+
+        return str(decode([token.id for token in tokens], self._model.vocabulary)).strip()
+
+    def samples_for_frames(self, frames: int) -> int:
+        """Input samples after which the first `frames` encoder frames can be computed."""
+        from parakeet_server.engine.streaming import samples_needed
+
+        return samples_needed(
+            self._model.preprocessor_config, self._model.encoder_config.subsampling_factor, frames
+        )
+
+    def open_stream(self, settings: StreamingSettings) -> StreamingSession:
+        """A new live stream on this model; the model itself is not changed."""
+        from parakeet_server.engine.streaming import StreamingSession
+
+        return StreamingSession(self._model, settings)
+
+    def stream_transcript(
+        self, session: StreamingSession, options: TranscriptionOptions
+    ) -> Transcript:
+        """The finished stream's transcript; releases the memory the stream used."""
+        import mlx.core as mx
+
+        try:
+            config = self._decoding_config(replace(options, decoding=DecodingMethod.GREEDY))
+            return session.transcript(config.sentence, word_timestamps=options.word_timestamps)
+        finally:
             mx.clear_cache()
             release_free_heap()
 
@@ -354,7 +383,7 @@ def _words(tokens: list[Any]) -> list[Word]:
     return words
 
 
-def _to_transcript(result: Any, *, word_timestamps: bool) -> Transcript:
+def to_transcript(result: Any, *, word_timestamps: bool) -> Transcript:
     segments = []
     word_count = 0
     for sentence in result.sentences:

@@ -210,7 +210,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes")
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,11 @@ class GetServerInfoResponse(_message.Message):
     RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MLX_ACTIVE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MLX_CACHE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FULL_CONTEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_kind: ModelKind
     sample_rate_hertz: int
@@ -256,4 +261,9 @@ class GetServerInfoResponse(_message.Message):
     resident_memory_bytes: int
     mlx_active_memory_bytes: int
     mlx_cache_memory_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ...) -> None: ...
+    active_streams: int
+    max_streams: int
+    stream_block: _duration_pb2.Duration
+    stream_lookahead: _duration_pb2.Duration
+    auto_full_context_limit: _duration_pb2.Duration
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

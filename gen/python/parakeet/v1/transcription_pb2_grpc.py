@@ -77,7 +77,12 @@ class TranscriptionServiceServicer:
     def StreamingTranscribe(self, request_iterator, context):
         """Transcribes audio while it is being captured. The first request carries a
         StreamingConfig, every later one a chunk of raw PCM; the client half-closes
-        when the recording ends and receives the final result right after.
+        when the recording ends and receives the final result right after, then OK.
+
+        Errors: INVALID_ARGUMENT for audio before the config, a second config, or
+        audio that breaks the declared format; OUT_OF_RANGE past the longest stream
+        allowed; RESOURCE_EXHAUSTED when the server has its maximum of streams open;
+        DEADLINE_EXCEEDED when no message arrives for the idle timeout.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,26 @@
+"""Engine settings as plain data, importable without MLX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Recordings longer than `chunk_seconds` are cut into overlapping chunks and merged."""
+
+    chunk_seconds: float = 120.0
+    overlap_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class StreamingSettings:
+    """Block schedule of the streaming encoder, in encoder frames (80 ms each for Parakeet)."""
+
+    block_frames: int = 16
+    lookahead_frames: int = 8
+    left_context_frames: int = 128
+
+    def __post_init__(self) -> None:
+        if self.block_frames < 1 or self.lookahead_frames < 0 or self.left_context_frames < 1:
+            raise ValueError("block >= 1, look-ahead >= 0 and left context >= 1 frames")

@@ -1,0 +1,301 @@
+"""One live transcription stream on top of the model worker; no gRPC.
+
+Audio arrives in pieces of any size; it is converted at once (cheap), and whenever a whole
+encoder block (plus look-ahead) is available a job on the model thread encodes and decodes it.
+Blocks are fixed by audio position, so results do not depend on message sizes or pacing, and
+streams interleave fairly with each other and with unary requests on the one model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from parakeet_server.audio import Encoding, PcmStream
+from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.settings import StreamingSettings
+from parakeet_server.engine.worker import ModelWorker, Timed
+from parakeet_server.errors import AudioTooLong, InvalidRequest, Overloaded
+from parakeet_server.metrics import RequestFigures
+from parakeet_server.transcript import DecodingMethod, Transcript, TranscriptionOptions
+
+if TYPE_CHECKING:
+    from parakeet_server.engine.streaming import StreamingSession
+
+log = logging.getLogger(__name__)
+
+
+class FinalizationMode(enum.Enum):
+    AUTO = "auto"
+    STREAMING = "streaming"
+    FULL_CONTEXT = "full_context"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What the client declared in its first message."""
+
+    encoding: Encoding
+    sample_rate: int
+    channels: int
+    interim_results: bool = True
+    options: TranscriptionOptions = field(default_factory=TranscriptionOptions)
+    mode: FinalizationMode = FinalizationMode.AUTO
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Server-wide stream settings."""
+
+    max_streams: int = 8
+    max_seconds: float = 3600.0
+    idle_timeout_seconds: float = 30.0
+    auto_full_context_seconds: float = 30.0
+    settings: StreamingSettings = field(default_factory=StreamingSettings)
+
+
+@dataclass(frozen=True)
+class Partial:
+    finalized_text: str
+    draft_text: str
+    audio_processed_seconds: float
+
+
+@dataclass(frozen=True)
+class Final:
+    finalized_text: str
+    transcript: Transcript
+    figures: RequestFigures
+    full_context: bool
+    blocks: int
+    block_seconds_max: float
+
+
+class StreamSlots:
+    """Counts open streams and refuses one over the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        if self.active >= self.limit:
+            raise Overloaded(
+                f"{self.active} streams are open, the server's limit; retry in a moment"
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+class LiveTranscription:
+    """The state of one stream: converted audio, the streaming session, the texts so far."""
+
+    def __init__(
+        self,
+        worker: ModelWorker[ParakeetEngine],
+        engine: ParakeetEngine,
+        config: StreamConfig,
+        limits: StreamLimits,
+    ) -> None:
+        if config.options.decoding is DecodingMethod.BEAM and (
+            config.mode is not FinalizationMode.FULL_CONTEXT
+        ):
+            raise InvalidRequest(
+                "beam search needs finalization_mode FULL_CONTEXT: the streaming decoder is greedy"
+            )
+        self._worker = worker
+        self._engine = engine
+        self._config = config
+        self._limits = limits
+        self._rate = engine.info.sample_rate
+        self._pcm = PcmStream(config.encoding, config.sample_rate, config.channels, self._rate)
+        self._pending: list[np.ndarray] = []  # converted, not yet given to the session
+        self._kept: list[np.ndarray] | None = []  # everything, while full context may be used
+        self._samples = 0
+        self._session: StreamingSession | None = None
+        self._streaming = not (
+            config.mode is FinalizationMode.FULL_CONTEXT and not config.interim_results
+        )
+        if config.mode is FinalizationMode.STREAMING:
+            self._kept = None
+        settings = limits.settings
+        self._next_block_at = engine.samples_for_frames(
+            settings.block_frames + settings.lookahead_frames
+        )
+        self._finalized = ""
+        self._draft = ""
+        self._changed = asyncio.Event()
+        self._ended_at: float | None = None
+        self._error: BaseException | None = None
+        self._started = time.perf_counter()
+        self._queue_seconds = 0.0
+        self._run_seconds = 0.0
+        self.blocks = 0
+        self._block_max = 0.0
+
+    # -- input side (the request reader) ---------------------------------------------------------
+
+    def add_audio(self, data: bytes) -> None:
+        samples = self._pcm.feed(data)
+        self._append(samples)
+
+    def end_input(self) -> None:
+        self._append(self._pcm.finish())
+        self._ended_at = time.monotonic()
+        self._changed.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._changed.set()
+
+    @property
+    def ended_at(self) -> float | None:
+        return self._ended_at
+
+    def _append(self, samples: np.ndarray) -> None:
+        if not samples.size:
+            return
+        self._samples += samples.size
+        if self._samples > self._limits.max_seconds * self._rate:
+            raise AudioTooLong(
+                f"the stream passed {self._limits.max_seconds:g} s of audio, the server's limit "
+                "for one stream; start a new stream to go on"
+            )
+        if self._kept is not None:
+            self._kept.append(samples)
+            if self._config.mode is FinalizationMode.AUTO and (
+                self._samples > self._limits.auto_full_context_seconds * self._rate
+            ):
+                self._kept = None  # past the full-context limit: streaming finalization
+        if self._streaming:
+            self._pending.append(samples)
+        self._changed.set()
+
+    # -- output side -----------------------------------------------------------------------------
+
+    @property
+    def _full_context(self) -> bool:
+        return self._kept is not None and self._config.mode is not FinalizationMode.STREAMING
+
+    async def next_partial(self) -> Partial | None:
+        """Waits for the next block and returns the texts after it; None once input has ended."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._streaming and self._samples >= self._next_block_at:
+                return await self._run_block()
+            if self._ended_at is not None:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _run_block(self) -> Partial:
+        samples = self._take_pending()
+
+        def job(engine: ParakeetEngine) -> tuple[int, float]:
+            session = self._open(engine)
+            session.accept(samples)
+            if session.pending_blocks():
+                session.step()
+            return session.samples_for_next_block(), session.committed_seconds
+
+        timed = await self._run(job)
+        self.blocks += 1
+        self._block_max = max(self._block_max, timed.run_seconds)
+        self._next_block_at, committed_seconds = timed.value
+        self._update_texts()
+        return Partial(self._finalized, self._draft, committed_seconds)
+
+    def _open(self, engine: ParakeetEngine) -> StreamingSession:
+        if self._session is None:
+            self._session = engine.open_stream(self._limits.settings)
+        return self._session
+
+    def _take_pending(self) -> np.ndarray:
+        pending = self._pending
+        self._pending = []
+        return np.concatenate(pending) if pending else np.zeros(0, np.float32)
+
+    async def _run(self, job: Callable[[ParakeetEngine], Any]) -> Timed[Any]:
+        timed: Timed[Any] = await self._worker.run(job)
+        self._queue_seconds += timed.queue_seconds
+        self._run_seconds += timed.run_seconds
+        return timed
+
+    def _update_texts(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        committed = self._engine.text(session.tokens)
+        whole = self._engine.text(session.tokens + session.draft)
+        if self._full_context:
+            # The final text will come from a full-context pass: nothing is final before it.
+            self._draft = whole
+            return
+        if committed.startswith(self._finalized):
+            self._finalized = committed
+        else:  # detokenisation rules changed earlier text: append, never rewrite
+            self._finalized = f"{self._finalized} {committed[len(self._finalized) :]}".strip()
+        self._draft = whole[len(committed) :] if whole.startswith(committed) else whole
+
+    async def finish(self) -> Final:
+        """Computes the final result once input has ended."""
+        if self._samples < self._engine.info.min_samples:
+            raise InvalidRequest(
+                f"the stream carried {self._samples / self._rate * 1000:.0f} ms of audio; "
+                f"the model needs at least {self._engine.info.min_samples / self._rate * 1000:.0f}"
+                " ms"
+            )
+        options = self._config.options
+        if self._full_context:
+            assert self._kept is not None
+            audio = np.concatenate(self._kept)
+            timed = await self._run(lambda engine: engine.transcribe(audio, options))
+            transcript: Transcript = timed.value
+            finalized = transcript.text
+        else:
+            samples = self._take_pending()
+
+            def job(engine: ParakeetEngine) -> Transcript:
+                session = self._open(engine)
+                session.accept(samples)
+                session.finish()
+                return engine.stream_transcript(session, options)
+
+            transcript = (await self._run(job)).value
+            self._update_texts()
+            finalized = self._finalized
+        self._draft = ""
+        figures = RequestFigures(
+            audio_seconds=self._samples / self._rate,
+            processing_seconds=self._run_seconds,
+            word_count=transcript.word_count,
+            queue_seconds=self._queue_seconds,
+            inference_seconds=self._run_seconds,
+        )
+        return Final(
+            finalized_text=finalized,
+            transcript=transcript,
+            figures=figures,
+            full_context=self._full_context,
+            blocks=self.blocks,
+            block_seconds_max=self._block_max,
+        )
+
+    def close(self) -> None:
+        """Drops the session's state (MLX arrays are freed with it)."""
+        self._session = None
+        self._kept = None
+        self._pending = []
