@@ -221,3 +221,34 @@ def _release_mlx_streams() -> Iterator[None]:
         import mlx.core as mx
 
         mx.clear_streams()
+
+
+def stream(
+    stub: pb_grpc.TranscriptionServiceStub,
+    pcm: bytes,
+    *,
+    chunk_bytes: int = 3200,
+    mode: int = pb.FINALIZATION_MODE_STREAMING,
+    interim: bool = True,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    encoding: int = pb.AudioFormat.ENCODING_LINEAR16,
+    timeout: float = 300,
+    **options: object,
+) -> list[pb.StreamingTranscribeResponse]:
+    """Streams `pcm` in pieces of `chunk_bytes`, as fast as possible; returns every response."""
+    config = pb.StreamingConfig(
+        format=pb.AudioFormat(
+            encoding=encoding, sample_rate_hertz=sample_rate, channel_count=channels
+        ),
+        interim_results=interim,
+        finalization_mode=mode,  # type: ignore[arg-type]
+        options=pb.TranscriptionOptions(**options),  # type: ignore[arg-type]
+    )
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield pb.StreamingTranscribeRequest(config=config)
+        for start in range(0, len(pcm), chunk_bytes):
+            yield pb.StreamingTranscribeRequest(audio=pcm[start : start + chunk_bytes])
+
+    return list(stub.StreamingTranscribe(requests(), timeout=timeout))

@@ -6,7 +6,6 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import soundfile
@@ -236,11 +235,3 @@ def test_server_info_describes_the_warm_model(
     assert info.max_request_bytes == 3_000_000
     assert info.library_versions["mlx"]
     assert info.library_versions["parakeet-mlx"]
-
-
-def test_streaming_is_declared_but_unimplemented(stub: pb_grpc.TranscriptionServiceStub) -> None:
-    requests = iter([pb.StreamingTranscribeRequest(config=pb.StreamingConfig())])
-    with pytest.raises(grpc.RpcError) as raised:
-        list(stub.StreamingTranscribe(requests, timeout=10))
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Transcribe" in raised.value.details()

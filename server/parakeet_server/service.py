@@ -233,6 +233,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                     )
                 if kind == "audio":
                     live.add_audio(request.audio)
+                    await live.wait_for_room()
             live.end_input()
         except ParakeetError as error:
             live.fail(error)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+BACKLOG_SECONDS = 10.0
+
+
 class FinalizationMode(enum.Enum):
     AUTO = "auto"
     STREAMING = "streaming"
@@ -136,7 +139,13 @@ class LiveTranscription:
         )
         self._finalized = ""
         self._draft = ""
+        self._committed_seconds = 0.0
         self._changed = asyncio.Event()
+        # Backpressure: the reader stops taking messages (and HTTP/2 flow control slows the
+        # client) while this much converted audio waits for the model.
+        self._max_backlog = int(BACKLOG_SECONDS * self._rate)
+        self._room = asyncio.Event()
+        self._room.set()
         self._ended_at: float | None = None
         self._error: BaseException | None = None
         self._started = time.perf_counter()
@@ -150,6 +159,18 @@ class LiveTranscription:
     def add_audio(self, data: bytes) -> None:
         samples = self._pcm.feed(data)
         self._append(samples)
+        if self._backlog() > self._max_backlog:
+            self._room.clear()
+
+    async def wait_for_room(self) -> None:
+        """Returns once the audio waiting for the model is below the backlog limit."""
+        await self._room.wait()
+
+    def _backlog(self) -> int:
+        """Samples received but not yet committed by the encoder."""
+        if not self._streaming:
+            return 0  # buffered whole for one full-context pass, bounded by max_seconds
+        return self._samples - int(self._committed_seconds * self._rate)
 
     def end_input(self) -> None:
         self._append(self._pcm.finish())
@@ -214,9 +235,11 @@ class LiveTranscription:
         timed = await self._run(job)
         self.blocks += 1
         self._block_max = max(self._block_max, timed.run_seconds)
-        self._next_block_at, committed_seconds = timed.value
+        self._next_block_at, self._committed_seconds = timed.value
+        if self._backlog() <= self._max_backlog:
+            self._room.set()
         self._update_texts()
-        return Partial(self._finalized, self._draft, committed_seconds)
+        return Partial(self._finalized, self._draft, self._committed_seconds)
 
     def _open(self, engine: ParakeetEngine) -> StreamingSession:
         if self._session is None:

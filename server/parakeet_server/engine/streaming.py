@@ -5,7 +5,8 @@ Metal-only kernel, and re-encodes its whole right-context region on every call. 
 instead runs the model's own layers block by block with its weights untouched:
 
 - features: a streaming log-mel front end that computes every STFT frame exactly once, as the
-  whole-signal STFT would, with per-feature normalisation from running statistics;
+  whole-signal STFT would, with per-feature normalisation from running statistics of the
+  frames up to each window's end;
 - encoder: each step encodes one fixed block of new frames plus a short look-ahead. Attention
   is local by construction — queries see a bounded cache of committed keys/values on their
   left (`left_context_frames`) and the block and look-ahead on their right — computed with
@@ -148,7 +149,7 @@ class StreamingFeatures:
 
 
 class RunningNormaliser:
-    """Per-feature mean/std normalisation with statistics of every frame seen so far."""
+    """Per-feature mean/std normalisation with statistics of the frames given to update()."""
 
     def __init__(self, features: int) -> None:
         self._count = 0
@@ -244,6 +245,7 @@ class StreamingSession:
         self._normaliser = RunningNormaliser(model.preprocessor_config.features)
         self._mel = mx.zeros((0, model.preprocessor_config.features), mx.float32)
         self._mel_offset = 0  # global index of self._mel[0]
+        self._stats_end = 0  # mel frames [0, _stats_end) are in the normaliser's statistics
         self._committed_frames = 0  # encoder frames committed so far
         self._caches = [_LayerCache() for _ in self._encoder.layers]
         self._conv_context = (model.encoder_config.conv_kernel_size - 1) // 2
@@ -301,6 +303,10 @@ class StreamingSession:
         total_mel = self._mel_offset + self._mel.shape[0]
         total = math.ceil(total_mel / self._subsampling)
         committed: list[Any] = []
+        # Blocks with their look-ahead first, exactly as a live stream would have run them,
+        # so the result does not depend on whether they ran before or after the end.
+        while self.pending_blocks():
+            committed += self.step().committed
         while self._committed_frames < total:
             end = min(self._committed_frames + self._settings.block_frames, total)
             committed += self._encode_and_decode(self._committed_frames, end, end).committed
@@ -320,7 +326,6 @@ class StreamingSession:
     def _append_mel(self, frames: mx.array) -> None:
         if frames.shape[0] == 0:
             return
-        self._normaliser.update(np.array(frames))
         self._mel = mx.concatenate([self._mel, frames], axis=0)
 
     def _encode_and_decode(self, start: int, end: int, ahead: int) -> StepResult:
@@ -340,6 +345,12 @@ class StreamingSession:
         context = 2
         mel_start = max(0, (start - context) * factor)
         mel_stop = min(ahead * factor + factor, self._mel_offset + self._mel.shape[0])
+        if mel_stop > self._stats_end:
+            # Statistics of exactly the frames up to this window's end: how much more audio
+            # has arrived must not change the result.
+            fresh = self._mel[self._stats_end - self._mel_offset : mel_stop - self._mel_offset]
+            self._normaliser.update(np.array(fresh))
+            self._stats_end = mel_stop
         window = self._mel[mel_start - self._mel_offset : mel_stop - self._mel_offset]
         features = self._normaliser(window).astype(self._dtype)[None]
         lengths = mx.array([features.shape[1]])
