@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import soundfile
+
 from conftest import RunningServer
 
 
@@ -100,3 +102,42 @@ def test_missing_file_is_a_clear_message(server: RunningServer, tmp_path: Path) 
     result = _client("--server", server.address, "transcribe", str(tmp_path / "nope.wav"))
     assert result.returncode == 2
     assert "cannot read" in result.stderr
+
+
+def test_stream_full_context_prints_what_transcribe_prints(
+    server: RunningServer, speech_dir: Path
+) -> None:
+    wav = str(speech_dir / "speech.wav")
+    unary = _client("--server", server.address, "transcribe", wav)
+    streamed = _client("--server", server.address, "stream", wav, "--mode", "full-context")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == unary.stdout
+    assert "finalization_latency=" in streamed.stderr
+
+
+def test_stream_realtime_takes_as_long_as_the_audio(
+    server: RunningServer, speech_dir: Path
+) -> None:
+    import time
+
+    wav = speech_dir / "speech.wav"
+    duration = soundfile.info(str(wav)).duration
+    started = time.monotonic()
+    result = _client(
+        "--server",
+        server.address,
+        "stream",
+        str(wav),
+        "--realtime",
+        "--mode",
+        "streaming",
+        "--interim",
+        "--chunk-ms",
+        "200",
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed >= duration * 0.95
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("[final] ")
+    assert any(line.startswith("[draft] ") for line in lines[:-1])

@@ -414,8 +414,10 @@ def test_ten_minute_stream_keeps_step_time_and_memory_flat(
         gaps = np.diff(arrivals[:-1])
         early, late = np.median(gaps[20:120]), np.median(gaps[-100:])
         assert late < 2.0 * early, (early, late)
-        growth_mb = (rss[-1] - rss[1]) / 1e6
-        assert growth_mb < 30, f"RSS grew {growth_mb:.1f} MB from minute 2 to minute 10"
+        # The first minutes fill MLX's buffer cache and the attention caches (~20 MB with
+        # this model); after that nothing may accumulate.
+        growth_mb = (rss[-1] - rss[3]) / 1e6
+        assert growth_mb < 15, f"RSS grew {growth_mb:.1f} MB from minute 4 to minute 10"
         assert re.search(r"blocks=4\d\d ", running.log())
     finally:
         assert running.stop() == 0

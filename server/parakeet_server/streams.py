@@ -215,6 +215,8 @@ class LiveTranscription:
         while True:
             if self._error is not None:
                 raise self._error
+            if self._ended_at is not None and self._full_context:
+                return None  # the full-context pass replaces the blocks still to run
             if self._streaming and self._samples >= self._next_block_at:
                 return await self._run_block()
             if self._ended_at is not None:
