@@ -75,6 +75,9 @@ def test_corrupt_weights_are_a_load_error(checkpoints: dict[str, Path], tmp_path
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(ModelLoadError, match="could not load model from"):
         ParakeetEngine.load(str(tmp_path))
+    # A failed load leaves the thread able to load and run a good model.
+    engine = ParakeetEngine.load(str(checkpoints["tdt"]))
+    engine.transcribe(np.zeros(16000, np.float32), TranscriptionOptions())
 
 
 def test_unknown_dtype_is_a_load_error(checkpoints: dict[str, Path]) -> None:

@@ -16,7 +16,7 @@ from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
 from parakeet_server.config import ServerConfig
-from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.model import ParakeetEngine, release_thread_resources
 from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.engine.worker import ModelWorker
 from parakeet_server.errors import ModelLoadError
@@ -43,6 +43,7 @@ class Server:
                 chunking=ChunkingConfig(config.chunk_seconds, config.chunk_overlap_seconds),
             ),
             max_pending=config.max_queued_requests,
+            release_thread=release_thread_resources,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # A little headroom over the audio limit for the rest of the request.

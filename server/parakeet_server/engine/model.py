@@ -105,7 +105,6 @@ class ParakeetEngine:
             # Weights load lazily and are bound to the loading thread's stream until evaluated.
             mx.eval(model.parameters())
         except Exception as error:  # the hub, the filesystem, safetensors, config parsing
-            mx.clear_streams()
             raise ModelLoadError(_describe_load_failure(model_id, source, error)) from error
         load_seconds = time.perf_counter() - started
         preprocessor = model.preprocessor_config
@@ -209,9 +208,6 @@ class ParakeetEngine:
 
         del self._model
         mx.clear_cache()
-        # Since mlx 0.32 a thread's streams must be destroyed by that thread before the
-        # interpreter finalizes, or the process aborts at exit (ml-explore/mlx#4327).
-        mx.clear_streams()
 
     def _transcribe_tokens(self, samples: np.ndarray, config: Any) -> list[Any]:
         rate = self.info.sample_rate
@@ -277,6 +273,17 @@ class ParakeetEngine:
             duration_reward=options.duration_reward,
         )
         return DecodingConfig(decoding=beam, sentence=sentence)
+
+
+def release_thread_resources() -> None:
+    """Destroys the calling thread's MLX streams; the last MLX call a thread makes.
+
+    Since mlx 0.32 a thread's streams must be destroyed by that thread before the interpreter
+    finalizes, or the process aborts at exit (ml-explore/mlx#4327).
+    """
+    import mlx.core as mx
+
+    mx.clear_streams()
 
 
 def _resolve_source(model_id: str) -> str:

@@ -52,8 +52,16 @@ class Timed(Generic[T]):
 class ModelWorker(Generic[E]):
     """Runs jobs against one engine on one dedicated thread, at most `max_pending` at a time."""
 
-    def __init__(self, load: Callable[[], E], *, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        load: Callable[[], E],
+        *,
+        max_pending: int = 64,
+        release_thread: Callable[[], None] | None = None,
+    ) -> None:
         self._load = load
+        # Run on the model thread as its last act (also after a failed load).
+        self._release_thread = release_thread or (lambda: None)
         self._max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
@@ -75,11 +83,16 @@ class ModelWorker(Generic[E]):
         """Loads and warms up the engine on the model thread."""
 
         def load_and_warm() -> E:
-            engine = self._load()
+            try:
+                engine = self._load()
+            except BaseException:
+                self._release_thread()
+                raise
             if not self._closed:
                 engine.warm_up()
             if self._closed:  # shut down while loading: nobody else will close it
                 engine.close()
+                self._release_thread()
                 raise ModelUnavailable("the server shut down while the model was loading")
             return engine
 
@@ -143,7 +156,12 @@ class ModelWorker(Generic[E]):
         self._closed = True
         engine = self._engine
         if engine is not None:
-            closing = self._executor.submit(engine.close)
+
+            def close_on_thread() -> None:
+                engine.close()
+                self._release_thread()
+
+            closing = self._executor.submit(close_on_thread)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
             except TimeoutError:
