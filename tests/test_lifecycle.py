@@ -121,6 +121,8 @@ def test_unreachable_hub_model_is_one_clear_error(tmp_path: Path) -> None:
     log = server.log()
     assert "could not load model 'mlx-community/parakeet-tdt-0.6b-v3'" in log
     assert "Hugging Face" in log
+    assert "LocalEntryNotFoundError" in log  # the hub's error, not the local-path fallback's
+    assert "FileNotFoundError" not in log
     assert "Traceback" not in log
 
 

@@ -309,6 +309,10 @@ def _resolve_source(model_id: str) -> str:
 
 def _describe_load_failure(model_id: str, source: str, error: Exception) -> str:
     if source == model_id and not Path(source).is_absolute():
+        # parakeet-mlx falls back to reading the id as a local path when the hub fails, so
+        # the FileNotFoundError it raises hides the hub's own error: report that one.
+        if isinstance(error, FileNotFoundError) and error.__context__ is not None:
+            error = error.__context__  # type: ignore[assignment]
         return (
             f"could not load model {model_id!r} from the Hugging Face hub "
             f"({type(error).__name__}: {error}). Check the id and the network, or pass a "
