@@ -243,7 +243,6 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             frame = engine.info.frame_seconds
             config = self._config
             self._limits = StreamLimits(
-                max_streams=config.max_streams,
                 max_seconds=config.max_stream_seconds,
                 idle_timeout_seconds=config.stream_idle_timeout_seconds,
                 auto_full_context_seconds=config.auto_full_context_seconds,

@@ -58,7 +58,6 @@ class StreamConfig:
 class StreamLimits:
     """Server-wide stream settings."""
 
-    max_streams: int = 8
     max_seconds: float = 3600.0
     idle_timeout_seconds: float = 30.0
     auto_full_context_seconds: float = 30.0
@@ -148,7 +147,6 @@ class LiveTranscription:
         self._room.set()
         self._ended_at: float | None = None
         self._error: BaseException | None = None
-        self._started = time.perf_counter()
         self._queue_seconds = 0.0
         self._run_seconds = 0.0
         self.blocks = 0
