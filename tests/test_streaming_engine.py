@@ -13,7 +13,12 @@ from parakeet_mlx.audio import get_logmel
 from parakeet_mlx.utils import from_pretrained
 
 from parakeet_server.engine.settings import StreamingSettings
-from parakeet_server.engine.streaming import StreamingFeatures, StreamingSession, local_attention
+from parakeet_server.engine.streaming import (
+    StreamingFeatures,
+    StreamingSession,
+    local_attention,
+    project_positions,
+)
 
 WHOLE = StreamingSettings(block_frames=100_000, lookahead_frames=0, left_context_frames=100_000)
 
@@ -128,3 +133,15 @@ def test_samples_for_next_block_is_exact(model: Any) -> None:
     session.step()
     assert session.samples_for_next_block() - needed == 5 * 1280
     assert math.isclose(session.committed_seconds, 0.4)
+
+
+def test_precomputed_position_table_gives_the_same_attention(model: Any) -> None:
+    attn = model.encoder.layers[0].self_attn
+    table = model.encoder.pos_enc._pe
+    x = mx.random.normal((1, 30, model.encoder_config.d_model), key=mx.random.key(2))
+    _, keys, values = local_attention(attn, x[:, :20], None, None, table)
+    direct, _, _ = local_attention(attn, x[:, 20:], keys, values, table)
+    top = 40  # covers relative positions up to 20 past + 10 new - 1
+    projected = project_positions(attn, table, -15, top, x.dtype)
+    cached, _, _ = local_attention(attn, x[:, 20:], keys, values, table, (projected, top))
+    assert float(mx.max(mx.abs(cached - direct))) < 1e-5

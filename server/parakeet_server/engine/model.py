@@ -73,6 +73,7 @@ class ParakeetEngine:
         self._model = model
         self.info = info
         self._chunking = chunking or ChunkingConfig()
+        self._stream_tables: dict[StreamingSettings, dict[str, Any]] = {}
 
     @classmethod
     def load(
@@ -181,7 +182,8 @@ class ParakeetEngine:
         """A new live stream on this model; the model itself is not changed."""
         from parakeet_server.engine.streaming import StreamingSession
 
-        return StreamingSession(self._model, settings)
+        shared = self._stream_tables.setdefault(settings, {})
+        return StreamingSession(self._model, settings, shared)
 
     def stream_transcript(
         self, session: StreamingSession, options: TranscriptionOptions
