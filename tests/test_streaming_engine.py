@@ -17,6 +17,7 @@ from parakeet_server.engine.streaming import (
     StreamingFeatures,
     StreamingSession,
     local_attention,
+    log_mel,
     project_positions,
 )
 
@@ -145,3 +146,12 @@ def test_precomputed_position_table_gives_the_same_attention(model: Any) -> None
     projected = project_positions(attn, table, -15, top, x.dtype)
     cached, _, _ = local_attention(attn, x[:, 20:], keys, values, table, (projected, top))
     assert float(mx.max(mx.abs(cached - direct))) < 1e-5
+
+
+@pytest.mark.parametrize("length", [1280, 4000, 16000 * 3 + 159])
+def test_whole_signal_log_mel_equals_parakeet_mlx(model: Any, length: int) -> None:
+    samples = np.random.default_rng(length).normal(0, 0.1, length).astype(np.float32)
+    ours = log_mel(samples, model.preprocessor_config)
+    theirs = get_logmel(mx.array(samples), model.preprocessor_config)
+    assert ours.shape == theirs.shape
+    assert float(mx.max(mx.abs(ours - theirs))) < 1e-4

@@ -249,9 +249,10 @@ class ParakeetEngine:
 
     def _generate(self, samples: np.ndarray, config: Any) -> list[Any]:
         import mlx.core as mx
-        from parakeet_mlx.audio import get_logmel
 
-        mel = get_logmel(mx.array(samples, dtype=mx.float32), self._model.preprocessor_config)
+        from parakeet_server.engine.streaming import log_mel
+
+        mel = log_mel(samples.astype(np.float32, copy=False), self._model.preprocessor_config)
         mel = mel.astype(getattr(mx, self.info.dtype))
         result = self._model.generate(mel, decoding_config=config)[0]
         return list(result.tokens)

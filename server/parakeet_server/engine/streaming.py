@@ -134,8 +134,9 @@ class StreamingFeatures:
         if count <= 0:
             return self._empty()
         start = self._next * self._hop - self._offset
-        index = start + np.arange(count)[:, None] * self._hop + np.arange(self._win)[None, :]
-        frames = mx.array(self._signal[index]) * self._window
+        windows = np.lib.stride_tricks.sliding_window_view(self._signal, self._win)
+        frames = mx.array(windows[start : start + (count - 1) * self._hop + 1 : self._hop])
+        frames = frames * self._window
         spectrum = mx.fft.rfft(frames, n=self._args.n_fft)
         magnitude = mx.abs(mx.real(spectrum)) + mx.abs(mx.imag(spectrum))
         if self._args.mag_power != 1.0:
@@ -146,6 +147,27 @@ class StreamingFeatures:
         self._signal = self._signal[keep_from:]
         self._offset += keep_from
         return mel
+
+
+def log_mel(samples: np.ndarray, preprocessor: Any) -> mx.array:
+    """parakeet-mlx's `get_logmel` features of a whole signal, (1, T, mels).
+
+    Numerically the same (tested), but `get_logmel`'s STFT frames the padded signal with
+    `as_strided` and reads up to 112 samples past its end (multiplied by the zero tail of the
+    window); on a buffer ending at a page boundary that is a segfault, seen once in CI on a 45 s
+    request. Framing here never leaves the signal.
+    """
+    if preprocessor.pad_to > 0 and samples.size < preprocessor.pad_to:
+        padding = np.full(preprocessor.pad_to - samples.size, preprocessor.pad_value, np.float32)
+        samples = np.concatenate([samples, padding])
+    features = StreamingFeatures(preprocessor)
+    raw = mx.concatenate([features.accept(samples), features.finish()])
+    if preprocessor.normalize == "per_feature":
+        mean, std = mx.mean(raw, axis=0), mx.std(raw, axis=0)
+    else:
+        mean, std = mx.mean(raw), mx.std(raw)
+    normalised: mx.array = ((raw - mean) / (std + 1e-5))[None]
+    return normalised
 
 
 class RunningNormaliser:
@@ -573,5 +595,6 @@ __all__ = [
     "StreamingSession",
     "StreamingSettings",
     "local_attention",
+    "log_mel",
     "project_positions",
 ]
