@@ -106,9 +106,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_id: str,
         started: float,
     ) -> pb.TranscribeResponse:
-        engine = self._worker.engine
-        if engine is None:
-            raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+        engine = self._ready_engine()
         log.debug(
             "request id=%s rpc=Transcribe received bytes=%d peer=%s",
             request_id,
@@ -160,9 +158,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         live: LiveTranscription | None = None
         reader: asyncio.Task[None] | None = None
         try:
-            engine = self._worker.engine
-            if engine is None:
-                raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+            engine = self._ready_engine()
             first = await self._next_request(request_iterator)
             kind = first.WhichOneof("request") if first is not None else None
             if first is None or kind != "config":
@@ -204,6 +200,12 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                 reader.cancel()
             if live is not None:
                 live.close()
+
+    def _ready_engine(self) -> ParakeetEngine:
+        engine = self._worker.engine
+        if engine is None:
+            raise ModelUnavailable("the model is still loading; retry when health is SERVING")
+        return engine
 
     async def _next_request(
         self, requests: AsyncIterator[pb.StreamingTranscribeRequest]

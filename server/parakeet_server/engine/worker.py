@@ -91,8 +91,7 @@ class ModelWorker(Generic[E]):
             if not self._closed:
                 engine.warm_up()
             if self._closed:  # shut down while loading: nobody else will close it
-                engine.close()
-                self._release_thread()
+                self._close_on_thread(engine)
                 raise ModelUnavailable("the server shut down while the model was loading")
             return engine
 
@@ -147,6 +146,10 @@ class ModelWorker(Generic[E]):
     ) -> Timed[Transcript]:
         return await self.run(lambda engine: engine.transcribe(samples, options), deadline=deadline)
 
+    def _close_on_thread(self, engine: E) -> None:
+        engine.close()
+        self._release_thread()
+
     async def close(self, timeout: float = 30.0) -> None:
         """Refuses new jobs, drops queued ones, and closes the engine on the model thread.
 
@@ -156,12 +159,7 @@ class ModelWorker(Generic[E]):
         self._closed = True
         engine = self._engine
         if engine is not None:
-
-            def close_on_thread() -> None:
-                engine.close()
-                self._release_thread()
-
-            closing = self._executor.submit(close_on_thread)
+            closing = self._executor.submit(self._close_on_thread, engine)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
             except TimeoutError:
