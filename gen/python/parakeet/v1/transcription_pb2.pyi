@@ -109,6 +109,34 @@ class TranscribeResponse(_message.Message):
     request_id: str
     def __init__(self, transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class TranscribeLongRequest(_message.Message):
+    __slots__ = ("audio", "format", "options")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    format: AudioFormat
+    options: TranscriptionOptions
+    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ...) -> None: ...
+
+class TranscribeLongResponse(_message.Message):
+    __slots__ = ("audio_processed_seconds", "audio_total_seconds", "segments", "is_final", "transcript", "metrics", "request_id")
+    AUDIO_PROCESSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    audio_processed_seconds: float
+    audio_total_seconds: float
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    is_final: bool
+    transcript: Transcript
+    metrics: RequestMetrics
+    request_id: str
+    def __init__(self, audio_processed_seconds: _Optional[float] = ..., audio_total_seconds: _Optional[float] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., is_final: _Optional[bool] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class Transcript(_message.Message):
     __slots__ = ("text", "segments")
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -144,7 +172,7 @@ class Word(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class RequestMetrics(_message.Message):
-    __slots__ = ("audio_seconds", "processing_seconds", "real_time_factor", "word_count", "words_per_second", "cache_hit", "milliseconds_per_word", "audio_decode_seconds", "queue_seconds", "inference_seconds")
+    __slots__ = ("audio_seconds", "processing_seconds", "real_time_factor", "word_count", "words_per_second", "cache_hit", "milliseconds_per_word", "audio_decode_seconds", "queue_seconds", "inference_seconds", "audio_cache_hit", "chunk_count")
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REAL_TIME_FACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +183,8 @@ class RequestMetrics(_message.Message):
     AUDIO_DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     audio_seconds: float
     processing_seconds: float
     real_time_factor: float
@@ -165,7 +195,9 @@ class RequestMetrics(_message.Message):
     audio_decode_seconds: float
     queue_seconds: float
     inference_seconds: float
-    def __init__(self, audio_seconds: _Optional[float] = ..., processing_seconds: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., word_count: _Optional[int] = ..., words_per_second: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., milliseconds_per_word: _Optional[float] = ..., audio_decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ...) -> None: ...
+    audio_cache_hit: bool
+    chunk_count: int
+    def __init__(self, audio_seconds: _Optional[float] = ..., processing_seconds: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., word_count: _Optional[int] = ..., words_per_second: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., milliseconds_per_word: _Optional[float] = ..., audio_decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., audio_cache_hit: _Optional[bool] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
 class StreamingConfig(_message.Message):
     __slots__ = ("format", "interim_results", "options", "finalization_mode")
@@ -210,7 +242,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit")
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit", "chunk_length", "chunk_overlap", "audio_cache", "transcript_cache")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +274,10 @@ class GetServerInfoResponse(_message.Message):
     STREAM_BLOCK_FIELD_NUMBER: _ClassVar[int]
     STREAM_LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
     AUTO_FULL_CONTEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CACHE_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_CACHE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_kind: ModelKind
     sample_rate_hertz: int
@@ -266,4 +302,28 @@ class GetServerInfoResponse(_message.Message):
     stream_block: _duration_pb2.Duration
     stream_lookahead: _duration_pb2.Duration
     auto_full_context_limit: _duration_pb2.Duration
-    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    chunk_length: _duration_pb2.Duration
+    chunk_overlap: _duration_pb2.Duration
+    audio_cache: CacheStats
+    transcript_cache: CacheStats
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ...) -> None: ...
+
+class CacheStats(_message.Message):
+    __slots__ = ("max_bytes", "bytes", "entries", "hits", "misses", "evictions", "disk_hits", "disk_rejected")
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    DISK_HITS_FIELD_NUMBER: _ClassVar[int]
+    DISK_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    max_bytes: int
+    bytes: int
+    entries: int
+    hits: int
+    misses: int
+    evictions: int
+    disk_hits: int
+    disk_rejected: int
+    def __init__(self, max_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., disk_hits: _Optional[int] = ..., disk_rejected: _Optional[int] = ...) -> None: ...

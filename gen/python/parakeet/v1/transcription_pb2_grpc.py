@@ -43,6 +43,11 @@ class TranscriptionServiceStub:
                 request_serializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeRequest.SerializeToString,
                 response_deserializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
+        self.TranscribeLong = channel.unary_stream(
+                '/parakeet.v1.TranscriptionService/TranscribeLong',
+                request_serializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeLongRequest.SerializeToString,
+                response_deserializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeLongResponse.FromString,
+                _registered_method=True)
         self.StreamingTranscribe = channel.stream_stream(
                 '/parakeet.v1.TranscriptionService/StreamingTranscribe',
                 request_serializer=parakeet_dot_v1_dot_transcription__pb2.StreamingTranscribeRequest.SerializeToString,
@@ -69,6 +74,17 @@ class TranscriptionServiceServicer:
         Errors: INVALID_ARGUMENT for audio that cannot be decoded or is too short,
         RESOURCE_EXHAUSTED for a request over the size limit or a full queue,
         UNAVAILABLE while the model is loading or the server is shutting down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TranscribeLong(self, request, context):
+        """Transcribes a recording like Transcribe, reporting progress while it runs:
+        meant for long recordings, which the server cuts into overlapping chunks.
+        Each response reports the audio processed so far and the segments that
+        became final since the previous response; the last one (is_final) carries
+        the whole transcript and the metrics. Errors as for Transcribe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +118,11 @@ def add_TranscriptionServiceServicer_to_server(servicer, server):
                     servicer.Transcribe,
                     request_deserializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeRequest.FromString,
                     response_serializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeResponse.SerializeToString,
+            ),
+            'TranscribeLong': grpc.unary_stream_rpc_method_handler(
+                    servicer.TranscribeLong,
+                    request_deserializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeLongRequest.FromString,
+                    response_serializer=parakeet_dot_v1_dot_transcription__pb2.TranscribeLongResponse.SerializeToString,
             ),
             'StreamingTranscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamingTranscribe,
@@ -145,6 +166,33 @@ class TranscriptionService:
             '/parakeet.v1.TranscriptionService/Transcribe',
             parakeet_dot_v1_dot_transcription__pb2.TranscribeRequest.SerializeToString,
             parakeet_dot_v1_dot_transcription__pb2.TranscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TranscribeLong(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parakeet.v1.TranscriptionService/TranscribeLong',
+            parakeet_dot_v1_dot_transcription__pb2.TranscribeLongRequest.SerializeToString,
+            parakeet_dot_v1_dot_transcription__pb2.TranscribeLongResponse.FromString,
             options,
             channel_credentials,
             insecure,
