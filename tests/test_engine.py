@@ -65,6 +65,47 @@ def test_long_audio_is_chunked_with_times_from_the_start(checkpoints: dict[str, 
     assert words[-1].end <= 35.0 + 0.5
 
 
+def test_steps_settle_segments_that_add_up_to_the_transcript(
+    checkpoints: dict[str, Path],
+) -> None:
+    chunking = ChunkingConfig(chunk_seconds=6.0, overlap_seconds=1.5)
+    engine = ParakeetEngine.load(str(checkpoints["tdt"]), chunking=chunking)
+    audio = np.random.default_rng(5).normal(0, 0.1, 16000 * 40).astype(np.float32)
+    options = TranscriptionOptions(word_timestamps=True, max_words=3)
+    steps = list(engine.transcribe_steps(audio, options))
+    final = steps[-1].transcript
+    assert final is not None
+    assert [s.transcript is None for s in steps] == [True] * (len(steps) - 1) + [False]
+    assert steps[-1].chunks_total == len(steps) > 5
+    processed = [s.processed_seconds for s in steps]
+    assert processed == sorted(processed)
+    assert processed[-1] == steps[-1].total_seconds == 40.0
+    # Segments are settled once and never revised: together they are the transcript's.
+    settled = [segment for step in steps for segment in step.segments]
+    assert len(final.segments) > 5
+    assert tuple(settled) == final.segments
+    assert sum(len(s.segments) > 0 for s in steps[:-1]) >= 3  # they arrive along the way
+    assert engine.transcribe(audio, options) == final
+
+
+def test_chunks_in_a_batch_give_the_same_transcript(checkpoints: dict[str, Path]) -> None:
+    audio = np.random.default_rng(6).normal(0, 0.1, 16000 * 33).astype(np.float32)
+    options = TranscriptionOptions(word_timestamps=True)
+    results = []
+    for batch_size in (1, 3):
+        chunking = ChunkingConfig(chunk_seconds=8.0, overlap_seconds=2.0, batch_size=batch_size)
+        engine = ParakeetEngine.load(str(checkpoints["tdt"]), chunking=chunking)
+        steps = list(engine.transcribe_steps(audio, options))
+        results.append((len(steps), steps[-1].transcript))
+    (one_steps, one), (batched_steps, batched) = results
+    assert one_steps == 6
+    assert batched_steps == 2
+    assert one is not None
+    assert batched is not None
+    assert batched.token_ids == one.token_ids
+    assert batched.text == one.text
+
+
 def test_missing_directory_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         ParakeetEngine.load(str(tmp_path / "nothing"))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -99,7 +100,7 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
         audio = path.read_bytes()
     except OSError as error:
         return _fail(f"cannot read {path}: {error.strerror}", EXIT_USAGE)
-    request = pb.TranscribeRequest(
+    request = pb.TranscribeLongRequest(
         audio=audio,
         format=pb.AudioFormat(
             encoding=_ENCODINGS[args.encoding],
@@ -112,7 +113,22 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
             beam_size=args.beam or 0,
         ),
     )
-    response = stub.Transcribe(request, timeout=args.timeout)
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    bar = ProgressBar(sys.stderr) if show_progress else None
+    final: pb.TranscribeLongResponse | None = None
+    # TranscribeLong answers like Transcribe, with progress on the way (long files come in chunks).
+    for update in stub.TranscribeLong(request, timeout=args.timeout):
+        if bar is not None:
+            bar.show(update.audio_processed_seconds, update.audio_total_seconds)
+        if update.is_final:
+            final = update
+    if bar is not None:
+        bar.close()
+    if final is None:
+        return _fail("the server ended the call without a final result", EXIT_FAILED)
+    response = pb.TranscribeResponse(
+        transcript=final.transcript, metrics=final.metrics, request_id=final.request_id
+    )
     if args.json:
         print(json.dumps(json_format.MessageToDict(response), indent=2))
         return 0
@@ -121,6 +137,30 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
         print(format_words(response.transcript))
     print(format_metrics(response.metrics), file=sys.stderr)
     return 0
+
+
+class ProgressBar:
+    """`[#######.............]  35%   42.0 / 120.0 s audio` on one line, redrawn in place."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self._out = out
+        self._width = width
+        self._shown = False
+
+    def show(self, done: float, total: float) -> None:
+        fraction = min(1.0, done / total) if total > 0 else 0.0
+        filled = round(fraction * self._width)
+        self._out.write(
+            f"\r[{'#' * filled}{'.' * (self._width - filled)}] {fraction:4.0%} "
+            f"{done:7.1f} / {total:.1f} s audio"
+        )
+        self._out.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self._out.write("\n")
+            self._out.flush()
 
 
 @contextlib.contextmanager
@@ -278,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--sample-rate", type=int, default=0, help="raw PCM: sample rate")
     transcribe.add_argument("--channels", type=int, default=1, help="raw PCM: channel count")
+    transcribe.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
     stream = commands.add_parser(
         "stream",
         help="stream an audio file or the microphone, showing partial results",

@@ -23,8 +23,9 @@ class ServerConfig:
     max_message_bytes: int = 64 * MIB
     max_audio_seconds: float = 3600.0
     max_queued_requests: int = 32
-    chunk_seconds: float = 120.0
-    chunk_overlap_seconds: float = 15.0
+    chunk_seconds: float = 30.0
+    chunk_overlap_seconds: float = 5.0
+    chunk_batch_size: int = 1
     max_streams: int = 8
     max_stream_seconds: float = 3600.0
     stream_idle_timeout_seconds: float = 30.0
@@ -51,6 +52,8 @@ class ServerConfig:
             problems.append("chunk seconds must be at least 5")
         if not 0 <= self.chunk_overlap_seconds <= self.chunk_seconds / 2:
             problems.append("chunk overlap must be between 0 and half the chunk length")
+        if not 1 <= self.chunk_batch_size <= 64:
+            problems.append("chunk batch size must be 1 to 64")
         if self.max_streams < 1:
             problems.append("max streams must be at least 1")
         if self.max_stream_seconds <= 0 or self.stream_idle_timeout_seconds <= 0:
@@ -105,7 +108,18 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         float,
         "audio longer than this is transcribed in overlapping chunks",
     ),
-    ("--chunk-overlap-seconds", "chunk_overlap_seconds", float, "overlap between chunks"),
+    (
+        "--chunk-overlap-seconds",
+        "chunk_overlap_seconds",
+        float,
+        "least overlap between consecutive chunks (words in it are joined, never doubled)",
+    ),
+    (
+        "--chunk-batch-size",
+        "chunk_batch_size",
+        int,
+        "chunks of one long recording run through the encoder together (see bench/long_audio.py)",
+    ),
     ("--max-streams", "max_streams", int, "streams open at once; more get RESOURCE_EXHAUSTED"),
     (
         "--max-stream-seconds",

@@ -9,7 +9,13 @@ from parakeet_server.audio import Encoding
 from parakeet_server.errors import InvalidRequest
 from parakeet_server.metrics import RequestFigures
 from parakeet_server.streams import Final, FinalizationMode, Partial, StreamConfig
-from parakeet_server.transcript import DecodingMethod, Transcript, TranscriptionOptions
+from parakeet_server.transcript import (
+    DecodingMethod,
+    Progress,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+)
 
 MAX_BEAM_SIZE = 32
 
@@ -92,25 +98,35 @@ def duration(seconds: float) -> Duration:
 
 def transcript_to_proto(transcript: Transcript) -> pb.Transcript:
     return pb.Transcript(
-        text=transcript.text,
-        segments=[
-            pb.Segment(
-                text=segment.text,
-                start_time=duration(segment.start),
-                end_time=duration(segment.end),
-                confidence=segment.confidence,
-                words=[
-                    pb.Word(
-                        text=word.text,
-                        start_time=duration(word.start),
-                        end_time=duration(word.end),
-                        confidence=word.confidence,
-                    )
-                    for word in segment.words
-                ],
+        text=transcript.text, segments=[segment_to_proto(s) for s in transcript.segments]
+    )
+
+
+def segment_to_proto(segment: Segment) -> pb.Segment:
+    return pb.Segment(
+        text=segment.text,
+        start_time=duration(segment.start),
+        end_time=duration(segment.end),
+        confidence=segment.confidence,
+        words=[
+            pb.Word(
+                text=word.text,
+                start_time=duration(word.start),
+                end_time=duration(word.end),
+                confidence=word.confidence,
             )
-            for segment in transcript.segments
+            for word in segment.words
         ],
+    )
+
+
+def progress_to_proto(progress: Progress, request_id: str) -> pb.TranscribeLongResponse:
+    """One TranscribeLong response for a step (the caller adds the last one's transcript)."""
+    return pb.TranscribeLongResponse(
+        audio_processed_seconds=progress.processed_seconds,
+        audio_total_seconds=progress.total_seconds,
+        segments=[segment_to_proto(s) for s in progress.segments],
+        request_id=request_id,
     )
 
 
@@ -126,6 +142,8 @@ def metrics_to_proto(figures: RequestFigures) -> pb.RequestMetrics:
         audio_decode_seconds=figures.decode_seconds,
         queue_seconds=figures.queue_seconds,
         inference_seconds=figures.inference_seconds,
+        audio_cache_hit=figures.audio_cache_hit,
+        chunk_count=figures.chunk_count,
     )
 
 

@@ -19,6 +19,8 @@ class RequestFigures:
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
     cache_hit: bool = False
+    audio_cache_hit: bool = False
+    chunk_count: int = 1
 
     @property
     def real_time_factor(self) -> float:
@@ -40,7 +42,9 @@ class RequestFigures:
             f"time={self.processing_seconds:.3f}s rtf={self.real_time_factor:.3f} "
             f"wps={self.words_per_second:.1f} ms_per_word={self.milliseconds_per_word:.1f} "
             f"decode={self.decode_seconds:.3f}s queue={self.queue_seconds:.3f}s "
-            f"infer={self.inference_seconds:.3f}s cache_hit={str(self.cache_hit).lower()}"
+            f"infer={self.inference_seconds:.3f}s chunks={self.chunk_count} "
+            f"cache_hit={str(self.cache_hit).lower()} "
+            f"audio_cache_hit={str(self.audio_cache_hit).lower()}"
         )
 
 

@@ -40,7 +40,9 @@ class Server:
                 config.model,
                 dtype=config.dtype,
                 blas=config.blas,
-                chunking=ChunkingConfig(config.chunk_seconds, config.chunk_overlap_seconds),
+                chunking=ChunkingConfig(
+                    config.chunk_seconds, config.chunk_overlap_seconds, config.chunk_batch_size
+                ),
             ),
             max_pending=config.max_queued_requests,
             release_thread=release_thread_resources,

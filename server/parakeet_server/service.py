@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -14,7 +15,7 @@ import grpc
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
-from parakeet_server.audio import decode_audio
+from parakeet_server.audio import DecodedAudio, decode_audio
 from parakeet_server.config import ServerConfig
 from parakeet_server.convert import (
     duration,
@@ -23,6 +24,7 @@ from parakeet_server.convert import (
     metrics_to_proto,
     options_from_proto,
     partial_to_proto,
+    progress_to_proto,
     stream_config_from_proto,
     transcript_to_proto,
 )
@@ -40,6 +42,7 @@ from parakeet_server.errors import (
 )
 from parakeet_server.metrics import RequestFigures, rss_bytes
 from parakeet_server.streams import LiveTranscription, StreamLimits, StreamSlots
+from parakeet_server.transcript import Progress, Transcript, TranscriptionOptions
 
 log = logging.getLogger("parakeet_server.requests")
 
@@ -60,6 +63,30 @@ _MODEL_KINDS = {
     "ctc": pb.MODEL_KIND_CTC,
     "tdt_ctc": pb.MODEL_KIND_TDT_CTC,
 }
+
+
+@dataclass
+class _Job:
+    """A decoded unary request on its way through the model, and what it has cost so far."""
+
+    audio: DecodedAudio
+    options: TranscriptionOptions
+    deadline: float | None
+    decode_seconds: float
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    chunks: int = 1
+
+    def figures(self, transcript: Transcript, started: float) -> RequestFigures:
+        return RequestFigures(
+            audio_seconds=self.audio.duration_seconds,
+            processing_seconds=time.perf_counter() - started,
+            word_count=transcript.word_count,
+            decode_seconds=self.decode_seconds,
+            queue_seconds=self.queue_seconds,
+            inference_seconds=self.inference_seconds,
+            chunk_count=self.chunks,
+        )
 
 
 def status_for(error: ParakeetError) -> grpc.StatusCode:
@@ -106,10 +133,64 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_id: str,
         started: float,
     ) -> pb.TranscribeResponse:
+        job = await self._decode(request, context, request_id, "Transcribe")
+        async for step in self._steps(job, segments=False):
+            if step.transcript is not None:
+                figures = job.figures(step.transcript, started)
+                self._log_done("Transcribe", request_id, context, job, figures)
+                return pb.TranscribeResponse(
+                    transcript=transcript_to_proto(step.transcript),
+                    metrics=metrics_to_proto(figures),
+                    request_id=request_id,
+                )
+        raise AssertionError("the transcription ended without a transcript")
+
+    async def TranscribeLong(
+        self, request: pb.TranscribeLongRequest, context: Context
+    ) -> AsyncIterator[pb.TranscribeLongResponse]:
+        request_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        try:
+            job = await self._decode(request, context, request_id, "TranscribeLong")
+            # The total first, so that a client can show a progress bar from the start.
+            yield pb.TranscribeLongResponse(
+                audio_total_seconds=job.audio.duration_seconds, request_id=request_id
+            )
+            async for step in self._steps(job, segments=True):
+                response = progress_to_proto(step, request_id)
+                if step.transcript is not None:
+                    figures = job.figures(step.transcript, started)
+                    self._log_done("TranscribeLong", request_id, context, job, figures)
+                    response.is_final = True
+                    response.transcript.CopyFrom(transcript_to_proto(step.transcript))
+                    response.metrics.CopyFrom(metrics_to_proto(figures))
+                yield response
+        except ParakeetError as error:
+            await self._abort(context, "TranscribeLong", request_id, status_for(error), str(error))
+        except Exception:
+            log.exception("request id=%s rpc=TranscribeLong failed unexpectedly", request_id)
+            await self._abort(
+                context,
+                "TranscribeLong",
+                request_id,
+                grpc.StatusCode.INTERNAL,
+                f"internal error while transcribing (request id {request_id}); "
+                "the server log has the details",
+            )
+
+    async def _decode(
+        self,
+        request: pb.TranscribeRequest | pb.TranscribeLongRequest,
+        context: Context,
+        request_id: str,
+        rpc: str,
+    ) -> _Job:
+        """Decodes the request's audio (the first part of every unary transcription)."""
         engine = self._ready_engine()
         log.debug(
-            "request id=%s rpc=Transcribe received bytes=%d peer=%s",
+            "request id=%s rpc=%s received bytes=%d peer=%s",
             request_id,
+            rpc,
             len(request.audio),
             context.peer(),
         )
@@ -117,6 +198,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         encoding = encoding_from_proto(request.format.encoding)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
+        started = time.perf_counter()
         audio = await asyncio.to_thread(
             decode_audio,
             request.audio,
@@ -126,27 +208,32 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             target_rate=engine.info.sample_rate,
             max_seconds=self._config.max_audio_seconds,
         )
-        decoded = time.perf_counter()
-        timed = await self._worker.transcribe(audio.samples, options, deadline=deadline)
-        figures = RequestFigures(
-            audio_seconds=audio.duration_seconds,
-            processing_seconds=time.perf_counter() - started,
-            word_count=timed.value.word_count,
-            decode_seconds=decoded - started,
-            queue_seconds=timed.queue_seconds,
-            inference_seconds=timed.run_seconds,
-        )
+        return _Job(audio, options, deadline, decode_seconds=time.perf_counter() - started)
+
+    async def _steps(self, job: _Job, *, segments: bool) -> AsyncIterator[Progress]:
+        """Runs the transcription one batch of chunks per model job, so that streams and other
+        requests take turns with a long recording, and a passed deadline stops it early."""
+        engine = self._ready_engine()
+        steps = engine.transcribe_steps(job.audio.samples, job.options, segments=segments)
+        while True:
+            timed = await self._worker.run(lambda _: next(steps, None), deadline=job.deadline)
+            job.queue_seconds += timed.queue_seconds
+            job.inference_seconds += timed.run_seconds
+            if timed.value is None:
+                return
+            job.chunks = timed.value.chunks_total
+            yield timed.value
+
+    def _log_done(
+        self, rpc: str, request_id: str, context: Context, job: _Job, figures: RequestFigures
+    ) -> None:
         log.info(
-            "%s id=%s rpc=Transcribe peer=%s format=%s status=OK",
+            "%s id=%s rpc=%s peer=%s format=%s status=OK",
             figures.perf_line(),
             request_id,
+            rpc,
             context.peer(),
-            audio.source_format,
-        )
-        return pb.TranscribeResponse(
-            transcript=transcript_to_proto(timed.value),
-            metrics=metrics_to_proto(figures),
-            request_id=request_id,
+            job.audio.source_format,
         )
 
     async def StreamingTranscribe(
@@ -292,6 +379,8 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             response.stream_block.CopyFrom(duration(settings.block_frames * frame))
             response.stream_lookahead.CopyFrom(duration(settings.lookahead_frames * frame))
         response.auto_full_context_limit.CopyFrom(duration(self._config.auto_full_context_seconds))
+        response.chunk_length.CopyFrom(duration(self._config.chunk_seconds))
+        response.chunk_overlap.CopyFrom(duration(self._config.chunk_overlap_seconds))
         return response
 
     async def _abort(

@@ -50,3 +50,19 @@ class Transcript:
     # Counted from the tokens even when `words` are not requested, for the PERF figures.
     word_count: int = 0
     token_ids: tuple[int, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a transcription done in chunks: what is settled so far.
+
+    `segments` are those that became final in this step; together, the steps' segments are
+    the transcript's. The last step (`transcript` set) settles the rest.
+    """
+
+    processed_seconds: float
+    total_seconds: float
+    segments: tuple[Segment, ...]
+    chunks_done: int
+    chunks_total: int
+    transcript: Transcript | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from parakeet_server.engine.blas import BlasChoice, use_fast_blas
+from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
 from parakeet_server.engine.malloc import release_free_heap
 from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import (
     DecodingMethod,
+    Progress,
     Segment,
     Transcript,
     TranscriptionOptions,
@@ -143,9 +146,22 @@ class ParakeetEngine:
         return seconds
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        """Transcribes 1-D float32 PCM at the model's sample rate."""
-        import mlx.core as mx
-        from parakeet_mlx.alignment import sentences_to_result, tokens_to_sentences
+        """Transcribes 1-D float32 PCM at the model's sample rate, in chunks when it is long."""
+        for step in self.transcribe_steps(samples, options, segments=False):
+            if step.transcript is not None:
+                return step.transcript
+        raise AssertionError("transcribe_steps ended without a transcript")
+
+    def transcribe_steps(
+        self, samples: np.ndarray, options: TranscriptionOptions, *, segments: bool = True
+    ) -> Iterator[Progress]:
+        """Transcribes in steps of one batch of chunks, yielding what each step settled.
+
+        Each `next()` runs one batch on the model: a caller on another thread can interleave
+        other work between steps, and stop early by closing the generator. With `segments`
+        false, intermediate steps carry no segments (cheaper when nobody shows progress).
+        """
+        from parakeet_mlx.alignment import tokens_to_sentences
 
         if len(samples) < self.info.min_samples:
             raise InvalidRequest(
@@ -154,15 +170,44 @@ class ParakeetEngine:
                 f"{self.info.min_samples / self.info.sample_rate * 1000:.0f} ms"
             )
         config = self._decoding_config(options)
-        try:
-            tokens = self._transcribe_tokens(samples, config)
-            result = sentences_to_result(tokens_to_sentences(tokens, config.sentence))
-            return to_transcript(result, word_timestamps=options.word_timestamps)
-        finally:
-            # MLX keeps freed buffers for reuse, and glibc keeps what MLX frees: without
-            # both releases memory climbs with the longest inputs seen (see malloc.py).
-            mx.clear_cache()
-            release_free_heap()
+        rate = self.info.sample_rate
+        chunking = self._chunking
+        chunks = plan_chunks(
+            len(samples), int(chunking.chunk_seconds * rate), int(chunking.overlap_seconds * rate)
+        )
+        joiner = ChunkJoiner(chunks, rate)
+        total_seconds = len(samples) / rate
+        emitted = 0
+        for first in range(0, len(chunks), chunking.batch_size):
+            batch = chunks[first : first + chunking.batch_size]
+            for tokens in self._generate([samples[c.start : c.end] for c in batch], config):
+                joiner.add(tokens)
+            if joiner.done == len(chunks):
+                break
+            settled: list[Segment] = []
+            if segments:
+                # Every sentence but the last one of the settled tokens is final: later tokens
+                # can only extend the last one.
+                sentences = tokens_to_sentences(joiner.tokens[: joiner.settled()], config.sentence)
+                settled = self._segments(sentences[emitted:-1], options.word_timestamps)
+                emitted += len(settled)
+            yield Progress(
+                processed_seconds=batch[-1].end / rate,
+                total_seconds=total_seconds,
+                segments=tuple(settled),
+                chunks_done=joiner.done,
+                chunks_total=len(chunks),
+            )
+        sentences = tokens_to_sentences(joiner.tokens, config.sentence)
+        transcript = self._transcript(sentences, options.word_timestamps)
+        yield Progress(
+            processed_seconds=total_seconds,
+            total_seconds=total_seconds,
+            segments=transcript.segments[emitted:],
+            chunks_done=len(chunks),
+            chunks_total=len(chunks),
+            transcript=transcript,
+        )
 
     def text(self, tokens: list[Any]) -> str:
         """The text of a token sequence, as the model's tokenizer writes it."""
@@ -211,51 +256,41 @@ class ParakeetEngine:
         del self._model
         mx.clear_cache()
 
-    def _transcribe_tokens(self, samples: np.ndarray, config: Any) -> list[Any]:
-        rate = self.info.sample_rate
-        chunk = int(self._chunking.chunk_seconds * rate)
-        if len(samples) <= chunk:
-            return self._generate(samples, config)
-        from parakeet_mlx.alignment import (
-            merge_longest_common_subsequence,
-            merge_longest_contiguous,
-        )
-
-        overlap = int(self._chunking.overlap_seconds * rate)
-        merged: list[Any] = []
-        for start in range(0, len(samples), chunk - overlap):
-            piece = samples[start : start + chunk]
-            if len(piece) < self.info.min_samples:
-                break
-            tokens = self._generate(piece, config)
-            offset = start / rate
-            for token in tokens:
-                token.start += offset
-                token.end = token.start + token.duration
-            if not merged:
-                merged = tokens
-                continue
-            try:
-                merged = merge_longest_contiguous(
-                    merged, tokens, overlap_duration=self._chunking.overlap_seconds
-                )
-            except RuntimeError:
-                merged = merge_longest_common_subsequence(
-                    merged, tokens, overlap_duration=self._chunking.overlap_seconds
-                )
-            if start + chunk >= len(samples):
-                break
-        return merged
-
-    def _generate(self, samples: np.ndarray, config: Any) -> list[Any]:
+    def _generate(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
+        """Tokens of each piece; pieces of equal length run through the encoder as one batch."""
         import mlx.core as mx
 
         from parakeet_server.engine.streaming import log_mel
 
-        mel = log_mel(samples.astype(np.float32, copy=False), self._model.preprocessor_config)
-        mel = mel.astype(getattr(mx, self.info.dtype))
-        result = self._model.generate(mel, decoding_config=config)[0]
-        return list(result.tokens)
+        try:
+            dtype = getattr(mx, self.info.dtype)
+            mels = [
+                log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
+                for piece in pieces
+            ]
+            batch = mx.concatenate(mels, axis=0).astype(dtype)
+            del mels
+            results = self._model.generate(batch, decoding_config=config)
+            return [list(result.tokens) for result in results]
+        finally:
+            # MLX keeps freed buffers for reuse, and glibc keeps what MLX frees: without
+            # both releases memory climbs with the longest inputs seen (see malloc.py).
+            mx.clear_cache()
+            release_free_heap()
+
+    @staticmethod
+    def _segments(sentences: list[Any], word_timestamps: bool) -> list[Segment]:
+        from parakeet_mlx.alignment import sentences_to_result
+
+        return list(
+            to_transcript(sentences_to_result(sentences), word_timestamps=word_timestamps).segments
+        )
+
+    @staticmethod
+    def _transcript(sentences: list[Any], word_timestamps: bool) -> Transcript:
+        from parakeet_mlx.alignment import sentences_to_result
+
+        return to_transcript(sentences_to_result(sentences), word_timestamps=word_timestamps)
 
     def _decoding_config(self, options: TranscriptionOptions) -> Any:
         from parakeet_mlx import Beam, DecodingConfig, Greedy, SentenceConfig

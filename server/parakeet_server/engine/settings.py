@@ -7,10 +7,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    """Recordings longer than `chunk_seconds` are cut into overlapping chunks and merged."""
+    """Recordings longer than `chunk_seconds` are cut into overlapping chunks and merged.
 
-    chunk_seconds: float = 120.0
-    overlap_seconds: float = 15.0
+    `batch_size` chunks go through the encoder together (all chunks have the same length, so a
+    batch needs no padding and gives the same result as one chunk at a time).
+    """
+
+    chunk_seconds: float = 30.0
+    overlap_seconds: float = 5.0
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.chunk_seconds <= 0 or not 0 <= self.overlap_seconds < self.chunk_seconds:
+            raise ValueError("chunk seconds must be positive and the overlap below it")
+        if self.batch_size < 1:
+            raise ValueError("the chunk batch size must be at least 1")
 
 
 @dataclass(frozen=True)
