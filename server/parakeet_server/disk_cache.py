@@ -33,7 +33,7 @@ SUFFIX = ".pkc"
 _TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,199}")
 # Pruning goes down to this share of the budget, so it does not run on every write.
-_LOW_WATER = 0.9
+LOW_WATER = 0.9
 # Other processes write to the same directory: re-measure it at least this often.
 _RESCAN_WRITES = 32
 # A temporary file this old belongs to a writer that died.
@@ -157,7 +157,7 @@ class DiskStore:
             return
         total = sum(size for _, size, _ in entries)
         if total > self.max_bytes:
-            target = self.max_bytes * _LOW_WATER
+            target = self.max_bytes * LOW_WATER
             for _, size, path in sorted(entries, key=lambda item: item[0]):
                 if total <= target:
                     break
