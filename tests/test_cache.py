@@ -507,6 +507,24 @@ def test_the_disk_stays_within_its_budget_dropping_the_least_recently_used(
     assert sum(path.stat().st_size for path in tmp_path.iterdir()) <= budget
 
 
+def test_memory_hits_keep_the_disk_file_fresh(tmp_path: Path) -> None:
+    disk = DiskStore(tmp_path, MIB)
+    cache = LruCache("audio", MIB, PCM_CODEC, disk, disk_touch_seconds=0.0)
+    cache.put("a" * 64, pcm(10))
+    path = only_file(tmp_path)
+    os.utime(path, (1000, 1000))
+    assert cache.get("a" * 64) is not None
+    assert cache.stats().disk_hits == 0  # served from memory...
+    assert path.stat().st_mtime > 1000  # ...yet the disk now knows it was used
+
+    lazy = LruCache("audio", MIB, PCM_CODEC, disk)  # the default: at most once a minute
+    lazy.put("b" * 64, pcm(10))
+    b_path = tmp_path / f"audio-{'b' * 64}{SUFFIX}"
+    os.utime(b_path, (1000, 1000))
+    assert lazy.get("b" * 64) is not None
+    assert b_path.stat().st_mtime == 1000
+
+
 def test_an_entry_bigger_than_the_disk_budget_is_not_written(tmp_path: Path) -> None:
     caches = disk_caches(tmp_path, disk_bytes=1000)
     caches.audio.put("a" * 64, pcm(1000))

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ _AUDIO_LIBRARIES = ("numpy", "soundfile", "av", "soxr")
 _TRANSCRIPT_LIBRARIES = ("parakeet-mlx", "mlx")
 
 
+@dataclass(slots=True)
+class _Entry(Generic[V]):
+    value: V
+    size: int
+    touched: float  # time.monotonic() when its disk file was last marked used
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """One cache's figures since it was made; field for field the proto's CacheStats."""
@@ -65,7 +73,13 @@ class LruCache(Generic[V]):
     """
 
     def __init__(
-        self, name: str, max_bytes: int, codec: Codec[V], disk: DiskStore | None = None
+        self,
+        name: str,
+        max_bytes: int,
+        codec: Codec[V],
+        disk: DiskStore | None = None,
+        *,
+        disk_touch_seconds: float = 60.0,
     ) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
@@ -73,8 +87,11 @@ class LruCache(Generic[V]):
         self.max_bytes = max_bytes
         self._codec = codec
         self._disk = disk if max_bytes > 0 else None
+        # Memory hits mark the disk file used at most this often, so the disk's LRU order also
+        # follows entries that are only ever served from memory.
+        self._disk_touch_seconds = disk_touch_seconds
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[V, int]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
         self._disk_hits = self._disk_rejected = self._disk_errors = 0
@@ -86,15 +103,23 @@ class LruCache(Generic[V]):
     def get(self, key: str) -> V | None:
         if not self.enabled:
             return None
+        touch = False
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 self._hits += 1
-                return found[0]
-            if self._disk is None:
+                now = time.monotonic()
+                if self._disk is not None and now - found.touched >= self._disk_touch_seconds:
+                    found.touched = now
+                    touch = True
+            elif self._disk is None:
                 self._misses += 1
                 return None
+        if found is not None:
+            if touch and self._disk is not None:
+                self._disk.touch(self._disk_name(key))
+            return found.value
         value = self._load(key)
         with self._lock:
             if value is None:
@@ -137,14 +162,14 @@ class LruCache(Generic[V]):
         """With the lock held."""
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= old[1]
+            self._bytes -= old.size
         if size > self.max_bytes:
             return
-        self._entries[key] = (value, size)
+        self._entries[key] = _Entry(value, size, time.monotonic())
         self._bytes += size
         while self._bytes > self.max_bytes:
-            _, (_, evicted_size) = self._entries.popitem(last=False)
-            self._bytes -= evicted_size
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size
             self._evictions += 1
 
     def _load(self, key: str) -> V | None:

@@ -90,13 +90,18 @@ class DiskStore:
             logger.warning("cache file %s is corrupt or not this format: deleted", path)
             self._remove(path)
             return Read(Outcome.REJECTED)
+        self.touch(name)
+        return Read(Outcome.HIT, payload)
+
+    def touch(self, name: str) -> None:
+        """Marks the entry used now, so pruning drops it after entries used longer ago."""
+        path = self._path(name)
         try:
             os.utime(path)
         except FileNotFoundError:
-            pass  # pruned by another process since: the payload read is still whole
+            pass  # pruned (by any process) since: nothing to mark
         except OSError as error:
             self._warn(f"cannot mark {path.name} used", error)
-        return Read(Outcome.HIT, payload)
 
     def store(self, name: str, payload: Buffer) -> bool:
         """Writes the entry unless it alone is over the budget; False when the disk failed."""
