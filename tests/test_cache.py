@@ -581,6 +581,53 @@ def test_two_instances_sharing_a_directory_never_serve_half_or_wrong_files(
     assert sum(path.stat().st_size for path in tmp_path.iterdir()) <= budget
 
 
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from parakeet_server.cache import LruCache
+from parakeet_server.cache_codec import PCM_CODEC
+from parakeet_server.disk_cache import DiskStore
+disk = DiskStore(Path(sys.argv[1]), int(sys.argv[2]))
+for round in range(15):
+    for index in range(24):
+        samples = np.random.default_rng(index).standard_normal(200 + 50 * index)
+        LruCache("audio", 1 << 24, PCM_CODEC, disk).put(f"{index:064x}", samples.astype(np.float32))
+    if round == 0:
+        print("ready", flush=True)
+"""
+
+
+def test_another_process_writing_the_same_entries_never_disturbs_a_reader(
+    tmp_path: Path,
+) -> None:
+    keys = [f"{index:064x}" for index in range(24)]
+    values = {key: pcm(200 + 50 * index, index) for index, key in enumerate(keys)}
+    budget = 40_000
+    disk = DiskStore(tmp_path, budget)
+    wrong: list[str] = []
+    hits = 0
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path), str(budget)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as writer:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "ready\n"
+        while writer.poll() is None:
+            for key in keys:
+                cache = LruCache("audio", 10 * MIB, PCM_CODEC, disk)
+                found = cache.get(key)
+                hits += found is not None
+                if found is not None and not same_pcm(found, values[key]):
+                    wrong.append(key)
+                if cache.stats().disk_rejected or cache.stats().disk_errors:
+                    wrong.append(f"rejected {key}")
+    assert writer.returncode == 0
+    assert wrong == []
+    assert hits > 0
+
+
 # ---- configuration and the proto ------------------------------------------------------------
 
 
