@@ -121,13 +121,14 @@ class LruCache(Generic[V]):
                 self._disk.touch(self._disk_name(key))
             return found.value
         value = self._load(key)
+        size = 0 if value is None else self._codec.size(value)
         with self._lock:
             if value is None:
                 self._misses += 1
             else:
                 self._hits += 1
                 self._disk_hits += 1
-                self._insert(key, value, self._codec.size(value))
+                self._insert(key, value, size)
         return value
 
     def put(self, key: str, value: V) -> None:
