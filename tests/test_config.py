@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parakeet_server.config import ServerConfig, parse_config
+from parakeet_server.config import MIB, ServerConfig, parse_config
 from parakeet_server.engine.model import DEFAULT_MODEL
 
 
@@ -40,6 +40,8 @@ def test_every_flag_names_its_environment_variable(capsys: pytest.CaptureFixture
         (["--dtype", "int8"], {}, "invalid choice"),
         ([], {"PARAKEET_LOG_FORMAT": "xml"}, "PARAKEET_LOG_FORMAT must be one of"),
         (["--chunk-overlap-seconds", "100"], {}, "chunk overlap"),
+        (["--audio-cache-bytes", "-1"], {}, "cache sizes must not be negative"),
+        ([], {"PARAKEET_DISK_CACHE_BYTES": "2G"}, "PARAKEET_DISK_CACHE_BYTES"),
     ],
 )
 def test_bad_values_are_usage_errors(
@@ -49,6 +51,23 @@ def test_bad_values_are_usage_errors(
         parse_config(argv, environ=environ)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cache_flags_and_their_environment_twins() -> None:
+    defaults = parse_config([], environ={})
+    assert (defaults.audio_cache_bytes, defaults.transcript_cache_bytes) == (512 * MIB, 64 * MIB)
+    assert (defaults.cache_dir, defaults.disk_cache_bytes) == ("", 2048 * MIB)
+    environ = {"PARAKEET_CACHE_DIR": "default", "PARAKEET_TRANSCRIPT_CACHE_BYTES": "0"}
+    config = parse_config(
+        ["--audio-cache-bytes", "1000", "--disk-cache-bytes", "5000"], environ=environ
+    )
+    assert config.audio_cache_bytes == 1000
+    assert config.transcript_cache_bytes == 0
+    assert config.cache_dir == "default"
+    assert config.disk_cache_bytes == 5000
+    assert (
+        parse_config(["--cache-dir", "/var/cache/x"], environ=environ).cache_dir == "/var/cache/x"
+    )
 
 
 def test_ipv6_hosts_are_bracketed() -> None:

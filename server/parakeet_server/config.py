@@ -34,6 +34,10 @@ class ServerConfig:
     stream_left_context_seconds: float = 10.0
     auto_full_context_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    audio_cache_bytes: int = 512 * MIB
+    transcript_cache_bytes: int = 64 * MIB
+    cache_dir: str = ""
+    disk_cache_bytes: int = 2048 * MIB
     log_level: str = "info"
     log_format: str = "text"
     blas: str | None = None
@@ -64,6 +68,8 @@ class ServerConfig:
             problems.append("stream left context must be at least 0.08 s")
         if self.auto_full_context_seconds < 0:
             problems.append("auto full-context seconds must not be negative")
+        if min(self.audio_cache_bytes, self.transcript_cache_bytes, self.disk_cache_bytes) < 0:
+            problems.append("cache sizes must not be negative (0 turns a cache off)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -162,6 +168,31 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "shutdown_grace_seconds",
         float,
         "on SIGTERM/SIGINT, time in-flight requests get to finish",
+    ),
+    (
+        "--audio-cache-bytes",
+        "audio_cache_bytes",
+        int,
+        "memory for decoded audio, keyed by the request's bytes and format (0: off)",
+    ),
+    (
+        "--transcript-cache-bytes",
+        "transcript_cache_bytes",
+        int,
+        "memory for finished transcripts, keyed by audio, model and options (0: off)",
+    ),
+    (
+        "--cache-dir",
+        "cache_dir",
+        str,
+        "keep both caches on disk here too, across restarts: a path, or 'default' for "
+        "$XDG_CACHE_HOME/parakeet-server (~/.cache/parakeet-server); empty: memory only",
+    ),
+    (
+        "--disk-cache-bytes",
+        "disk_cache_bytes",
+        int,
+        "most bytes the on-disk cache may hold (least recently used files go first)",
     ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),

@@ -6,6 +6,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.audio import Encoding
+from parakeet_server.cache import CacheStats
 from parakeet_server.errors import InvalidRequest
 from parakeet_server.metrics import RequestFigures
 from parakeet_server.streams import Final, FinalizationMode, Partial, StreamConfig
@@ -144,6 +145,19 @@ def metrics_to_proto(figures: RequestFigures) -> pb.RequestMetrics:
         inference_seconds=figures.inference_seconds,
         audio_cache_hit=figures.audio_cache_hit,
         chunk_count=figures.chunk_count,
+    )
+
+
+def cache_stats_to_proto(stats: CacheStats) -> pb.CacheStats:
+    return pb.CacheStats(
+        max_bytes=stats.max_bytes,
+        bytes=stats.bytes,
+        entries=stats.entries,
+        hits=stats.hits,
+        misses=stats.misses,
+        evictions=stats.evictions,
+        disk_hits=stats.disk_hits,
+        disk_rejected=stats.disk_rejected,
     )
 
 
