@@ -169,9 +169,18 @@ def start_server(
 def server(
     tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """The shared server on the tiny TDT checkpoint, with a small message limit."""
+    """The shared server on the tiny TDT checkpoint, with a small message limit.
+
+    Its transcript cache is off, so that every request really runs the model (tests/test_caching.py
+    starts servers with it on).
+    """
     running = start_server(
-        tdt_checkpoint, tmp_path_factory.mktemp("logs"), "--max-message-bytes", "3000000"
+        tdt_checkpoint,
+        tmp_path_factory.mktemp("logs"),
+        "--max-message-bytes",
+        "3000000",
+        "--transcript-cache-bytes",
+        "0",
     )
     yield running
     assert running.stop() == 0, running.log()

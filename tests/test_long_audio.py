@@ -33,6 +33,8 @@ def long_server(
         "2",
         "--max-message-bytes",
         "60000000",
+        "--transcript-cache-bytes",
+        "0",
     )
     yield running
     assert running.stop() == 0, running.log()

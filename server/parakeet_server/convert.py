@@ -158,6 +158,7 @@ def cache_stats_to_proto(stats: CacheStats) -> pb.CacheStats:
         evictions=stats.evictions,
         disk_hits=stats.disk_hits,
         disk_rejected=stats.disk_rejected,
+        disk_errors=stats.disk_errors,
     )
 
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
+from parakeet_server.cache import Caches
 from parakeet_server.config import ServerConfig
 from parakeet_server.engine.model import ParakeetEngine, release_thread_resources
 from parakeet_server.engine.settings import ChunkingConfig
@@ -57,8 +58,9 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        self.caches = Caches.from_config(config)
         pb_grpc.add_TranscriptionServiceServicer_to_server(
-            TranscriptionService(self.worker, config), self.grpc
+            TranscriptionService(self.worker, config, self.caches), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -15,9 +15,11 @@ import grpc
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
-from parakeet_server.audio import DecodedAudio, decode_audio
+from parakeet_server.audio import DecodedAudio
+from parakeet_server.cache import Caches
 from parakeet_server.config import ServerConfig
 from parakeet_server.convert import (
+    cache_stats_to_proto,
     duration,
     encoding_from_proto,
     final_to_proto,
@@ -41,6 +43,7 @@ from parakeet_server.errors import (
     ParakeetError,
 )
 from parakeet_server.metrics import RequestFigures, rss_bytes
+from parakeet_server.recordings import Recording, RecordingLoader, ResultShape, model_identity
 from parakeet_server.streams import LiveTranscription, StreamLimits, StreamSlots
 from parakeet_server.transcript import Progress, Transcript, TranscriptionOptions
 
@@ -69,13 +72,17 @@ _MODEL_KINDS = {
 class _Job:
     """A decoded unary request on its way through the model, and what it has cost so far."""
 
-    audio: DecodedAudio
+    recording: Recording
     options: TranscriptionOptions
     deadline: float | None
     decode_seconds: float
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
     chunks: int = 1
+
+    @property
+    def audio(self) -> DecodedAudio:
+        return self.recording.audio
 
     def figures(self, transcript: Transcript, started: float) -> RequestFigures:
         return RequestFigures(
@@ -86,6 +93,8 @@ class _Job:
             queue_seconds=self.queue_seconds,
             inference_seconds=self.inference_seconds,
             chunk_count=self.chunks,
+            cache_hit=self.recording.transcript is not None,
+            audio_cache_hit=self.recording.audio_cache_hit,
         )
 
 
@@ -99,9 +108,21 @@ def status_for(error: ParakeetError) -> grpc.StatusCode:
 class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
     """parakeet.v1.TranscriptionService over one ModelWorker."""
 
-    def __init__(self, worker: ModelWorker[ParakeetEngine], config: ServerConfig) -> None:
+    def __init__(
+        self, worker: ModelWorker[ParakeetEngine], config: ServerConfig, caches: Caches
+    ) -> None:
         self._worker = worker
         self._config = config
+        self._caches = caches
+        self._recordings = RecordingLoader(
+            caches,
+            ResultShape(
+                model_id=model_identity(config.model),
+                dtype=config.dtype,
+                chunk_seconds=config.chunk_seconds,
+                chunk_overlap_seconds=config.chunk_overlap_seconds,
+            ),
+        )
         self._started = time.monotonic()
         self._streams = StreamSlots(config.max_streams)
         self._limits: StreamLimits | None = None
@@ -199,20 +220,35 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         started = time.perf_counter()
-        audio = await asyncio.to_thread(
-            decode_audio,
+        recording = await asyncio.to_thread(
+            self._recordings.load,
             request.audio,
             encoding=encoding,
             sample_rate=request.format.sample_rate_hertz,
             channels=request.format.channel_count,
             target_rate=engine.info.sample_rate,
             max_seconds=self._config.max_audio_seconds,
+            options=options,
         )
-        return _Job(audio, options, deadline, decode_seconds=time.perf_counter() - started)
+        return _Job(recording, options, deadline, decode_seconds=time.perf_counter() - started)
 
     async def _steps(self, job: _Job, *, segments: bool) -> AsyncIterator[Progress]:
         """Runs the transcription one batch of chunks per model job, so that streams and other
-        requests take turns with a long recording, and a passed deadline stops it early."""
+        requests take turns with a long recording, and a passed deadline stops it early.
+
+        A transcript from the cache comes as one final step without the model."""
+        known = job.recording.transcript
+        if known is not None:
+            job.chunks = 0
+            yield Progress(
+                processed_seconds=job.audio.duration_seconds,
+                total_seconds=job.audio.duration_seconds,
+                segments=known.segments,
+                chunks_done=0,
+                chunks_total=0,
+                transcript=known,
+            )
+            return
         engine = self._ready_engine()
         steps = engine.transcribe_steps(job.audio.samples, job.options, segments=segments)
         while True:
@@ -222,6 +258,10 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             if timed.value is None:
                 return
             job.chunks = timed.value.chunks_total
+            if timed.value.transcript is not None:
+                await asyncio.to_thread(
+                    self._recordings.remember, job.recording, timed.value.transcript
+                )
             yield timed.value
 
     def _log_done(
@@ -381,6 +421,8 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         response.auto_full_context_limit.CopyFrom(duration(self._config.auto_full_context_seconds))
         response.chunk_length.CopyFrom(duration(self._config.chunk_seconds))
         response.chunk_overlap.CopyFrom(duration(self._config.chunk_overlap_seconds))
+        response.audio_cache.CopyFrom(cache_stats_to_proto(self._caches.audio.stats()))
+        response.transcript_cache.CopyFrom(cache_stats_to_proto(self._caches.transcripts.stats()))
         return response
 
     async def _abort(

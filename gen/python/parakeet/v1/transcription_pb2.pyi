@@ -309,7 +309,7 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ...) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("max_bytes", "bytes", "entries", "hits", "misses", "evictions", "disk_hits", "disk_rejected")
+    __slots__ = ("max_bytes", "bytes", "entries", "hits", "misses", "evictions", "disk_hits", "disk_rejected", "disk_errors")
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class CacheStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     DISK_HITS_FIELD_NUMBER: _ClassVar[int]
     DISK_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    DISK_ERRORS_FIELD_NUMBER: _ClassVar[int]
     max_bytes: int
     bytes: int
     entries: int
@@ -326,4 +327,5 @@ class CacheStats(_message.Message):
     evictions: int
     disk_hits: int
     disk_rejected: int
-    def __init__(self, max_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., disk_hits: _Optional[int] = ..., disk_rejected: _Optional[int] = ...) -> None: ...
+    disk_errors: int
+    def __init__(self, max_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., disk_hits: _Optional[int] = ..., disk_rejected: _Optional[int] = ..., disk_errors: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,114 @@
+"""A unary request's audio, through the caches: decoded PCM, and the transcript if known.
+
+Blocking (hashing, decoding, disk): call from a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from parakeet_server.audio import DecodedAudio, Encoding, decode_audio
+from parakeet_server.cache import Caches, audio_key, transcript_key
+from parakeet_server.errors import AudioTooLong
+from parakeet_server.transcript import Transcript, TranscriptionOptions
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """Decoded audio and what the caches knew about it."""
+
+    audio: DecodedAudio
+    audio_cache_hit: bool = False
+    transcript: Transcript | None = None  # from the transcript cache
+    transcript_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultShape:
+    """What besides audio and options decides a transcript: part of the transcript key."""
+
+    model_id: str
+    dtype: str
+    chunk_seconds: float
+    chunk_overlap_seconds: float
+
+
+def model_identity(model: str) -> str:
+    """The model id for cache keys: a local directory also by its weights' size and mtime, so
+    that replacing the files there never serves transcripts of the old weights."""
+    weights = Path(model).expanduser() / "model.safetensors"
+    try:
+        stat = weights.stat()
+    except OSError:
+        return model
+    return f"{weights.parent.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class RecordingLoader:
+    """Decodes request audio, answering from the caches where it can."""
+
+    def __init__(self, caches: Caches, shape: ResultShape) -> None:
+        self._caches = caches
+        self._shape = shape
+
+    def load(
+        self,
+        data: bytes,
+        *,
+        encoding: Encoding,
+        sample_rate: int,
+        channels: int,
+        target_rate: int,
+        max_seconds: float,
+        options: TranscriptionOptions,
+    ) -> Recording:
+        def decode() -> DecodedAudio:
+            return decode_audio(
+                data,
+                encoding=encoding,
+                sample_rate=sample_rate,
+                channels=channels,
+                target_rate=target_rate,
+                max_seconds=max_seconds,
+            )
+
+        audio_cache, transcripts = self._caches.audio, self._caches.transcripts
+        if not (audio_cache.enabled or transcripts.enabled) or not data:
+            return Recording(decode())
+        key = audio_key(
+            data,
+            encoding=encoding,
+            sample_rate=sample_rate,
+            channels=channels,
+            target_rate=target_rate,
+        )
+        result_key = None
+        if transcripts.enabled:
+            shape = self._shape
+            result_key = transcript_key(
+                key,
+                model_id=shape.model_id,
+                dtype=shape.dtype,
+                options=options,
+                chunk_seconds=shape.chunk_seconds,
+                chunk_overlap_seconds=shape.chunk_overlap_seconds,
+            )
+        samples = audio_cache.get(key)
+        if samples is not None:
+            seconds = len(samples) / target_rate
+            # Cached under a higher limit, perhaps: the limit of now applies.
+            if seconds > max_seconds:
+                raise AudioTooLong(
+                    f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            audio = DecodedAudio(samples, target_rate, "cached", 0, 0)
+        else:
+            audio = decode()
+            audio_cache.put(key, audio.samples)
+        known = transcripts.get(result_key) if result_key is not None else None
+        return Recording(audio, samples is not None, known, result_key)
+
+    def remember(self, recording: Recording, transcript: Transcript) -> None:
+        if recording.transcript_key is not None:
+            self._caches.transcripts.put(recording.transcript_key, transcript)
