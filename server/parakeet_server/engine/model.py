@@ -260,23 +260,29 @@ class ParakeetEngine:
         """Tokens of each piece; pieces of equal length run through the encoder as one batch."""
         import mlx.core as mx
 
-        from parakeet_server.engine.streaming import log_mel
-
         try:
-            dtype = getattr(mx, self.info.dtype)
-            mels = [
-                log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
-                for piece in pieces
-            ]
-            batch = mx.concatenate(mels, axis=0).astype(dtype)
-            del mels
-            results = self._model.generate(batch, decoding_config=config)
-            return [list(result.tokens) for result in results]
+            return self._generate_batch(pieces, config)
         finally:
-            # MLX keeps freed buffers for reuse, and glibc keeps what MLX frees: without
-            # both releases memory climbs with the longest inputs seen (see malloc.py).
+            # After every MLX array of the batch is gone (they are the callee's locals): MLX
+            # keeps freed buffers for reuse, and glibc keeps what MLX frees; without both
+            # releases memory climbs with the longest inputs seen (see malloc.py).
             mx.clear_cache()
             release_free_heap()
+
+    def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
+        import mlx.core as mx
+
+        from parakeet_server.engine.streaming import log_mel
+
+        dtype = getattr(mx, self.info.dtype)
+        mels = [
+            log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
+            for piece in pieces
+        ]
+        batch = mx.concatenate(mels, axis=0).astype(dtype)
+        del mels
+        results = self._model.generate(batch, decoding_config=config)
+        return [list(result.tokens) for result in results]
 
     @staticmethod
     def _segments(sentences: list[Any], word_timestamps: bool) -> list[Segment]:
