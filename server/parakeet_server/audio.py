@@ -303,14 +303,16 @@ class _Collector:
     def __init__(self, target_rate: int, max_seconds: float | None) -> None:
         self._target_rate = target_rate
         self._max_seconds = max_seconds
-        self._chunks: list[NDArray[np.float32]] = []
+        # One growing buffer: glibc grows a large one in place (mremap), so an hour of audio
+        # (230 MB at 16 kHz) is held once, not once in blocks and again when they are joined.
+        self._buffer = bytearray()
         self._stream: soxr.ResampleStream | None = None
         self._rate = 0
         self.source_rate = 0
         self.seconds = 0.0
 
     def add(self, mono: NDArray[np.float32], rate: int) -> None:
-        """Take one block (the collector may keep it: pass an array nobody else writes to)."""
+        """Take one block of float32 samples (copied: the caller may reuse it)."""
         if rate != self._rate:
             # A stream may change rate part-way (chained Ogg, concatenated MP3).
             _check_rate(rate, "the audio")
@@ -323,27 +325,19 @@ class _Collector:
                 )
         self.seconds += len(mono) / rate
         _check_duration(self.seconds, self._max_seconds)
-        self._chunks.append(mono if self._stream is None else self._stream.resample_chunk(mono))
+        self._append(mono if self._stream is None else self._stream.resample_chunk(mono))
 
     def finish(self) -> NDArray[np.float32]:
         self._flush()
-        if len(self._chunks) == 1:
-            return self._chunks.pop()
-        # Into one array, dropping each block as soon as it is copied: an hour of audio is
-        # 230 MB at 16 kHz, and np.concatenate would hold it twice at the peak.
-        out = np.empty(sum(len(chunk) for chunk in self._chunks), np.float32)
-        position = 0
-        chunks, self._chunks = self._chunks, []
-        chunks.reverse()
-        while chunks:
-            chunk = chunks.pop()
-            out[position : position + len(chunk)] = chunk
-            position += len(chunk)
-        return out
+        samples: NDArray[np.float32] = np.frombuffer(self._buffer, np.float32)
+        return samples
+
+    def _append(self, samples: NDArray[np.float32]) -> None:
+        self._buffer += np.ascontiguousarray(samples, np.float32).data.cast("B")
 
     def _flush(self) -> None:
         if self._stream is not None:
-            self._chunks.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            self._append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
             self._stream = None
 
 

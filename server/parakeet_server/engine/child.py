@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from parakeet_server.engine.remote import receive_call
 from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
 from parakeet_server.errors import ModelLoadError, ParakeetError
 from parakeet_server.transcript import BlockResult, Progress, Transcript, TranscriptionOptions
@@ -143,7 +144,7 @@ def _serve(connection: Connection, engine: Any) -> None:
     operations = Operations(engine)
     while True:
         try:
-            name, args, released = connection.recv()
+            name, args, released = receive_call(connection)
         except (EOFError, OSError):
             return  # the server is gone
         operations.release(released)
