@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+
+from parakeet_server.logs import request_fields
+
+log = logging.getLogger("parakeet_server.requests")
 
 TOKEN_ENV = "PARAKEET_AUTH_TOKEN"
 
@@ -63,14 +68,14 @@ class TokenAuthInterceptor(ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
+        service, _, rpc = handler_call_details.method.lstrip("/").rpartition("/")
         if service in OPEN_SERVICES:
             return await continuation(handler_call_details)
         problem = self._problem(handler_call_details.invocation_metadata or ())
         handler = await continuation(handler_call_details)
         if problem is None or handler is None:
             return handler
-        return _refusal(handler, problem)
+        return _refusal(handler, rpc, problem)
 
     def _problem(self, metadata: Any) -> str | None:
         values = [value for key, value in metadata if key == "authorization"]
@@ -91,14 +96,23 @@ class TokenAuthInterceptor(ServerInterceptor):
         return None
 
 
-def _refusal(handler: Handler, message: str) -> Handler:
+def _refusal(handler: Handler, rpc: str, message: str) -> Handler:
     """A handler of the same shape as `handler` that only aborts with UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: Context) -> NoReturn:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        status = grpc.StatusCode.UNAUTHENTICATED
+        log.info(
+            "request rpc=%s peer=%s status=%s message=%r",
+            rpc,
+            context.peer(),
+            status.name,
+            message,
+            extra=request_fields(rpc, "-", context.peer(), status.name, error=message),
+        )
+        await context.abort(status, message)
 
     async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await refuse(request, context)
         yield  # pragma: no cover - never reached; makes this an async generator
 
     options = {
