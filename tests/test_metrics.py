@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
+import queue
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RunningServer, start_server, stream, transcribe
 from parakeet.v1 import transcription_pb2 as pb
-
-_METRICS = re.compile(r"metrics address=(\S+)")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from scrape import Samples, delta, scrape, scrape_until, value
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +26,6 @@ def metered(
     )
     yield running
     assert running.stop() == 0, running.log()
-
-
-def scrape(server: RunningServer) -> Samples:
-    address = _METRICS.search(server.log())
-    assert address is not None, server.log()
-    with urllib.request.urlopen(f"http://{address.group(1)}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def test_metrics_move_by_exactly_the_traffic_sent(
@@ -71,14 +47,22 @@ def test_metrics_move_by_exactly_the_traffic_sent(
         list(no_config)
     assert streamed_garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    after = scrape(metered)
     requests = "parakeet_requests_total"
-    for rpc, code in [
+    calls = [
         ("Transcribe", "OK"),
         ("Transcribe", "INVALID_ARGUMENT"),
         ("StreamingTranscribe", "OK"),
         ("StreamingTranscribe", "INVALID_ARGUMENT"),
-    ]:
+    ]
+
+    def counted(after: Samples) -> bool:
+        return all(
+            delta(before, after, requests, service=service, rpc=rpc, code=code) >= 1
+            for rpc, code in calls
+        )
+
+    after = scrape_until(metered, counted)
+    for rpc, code in calls:
         assert delta(before, after, requests, service=service, rpc=rpc, code=code) == 1, (rpc, code)
     assert delta(before, after, requests, service=service, rpc="GetServerInfo", code="OK") == 0
 
@@ -104,6 +88,40 @@ def test_metrics_move_by_exactly_the_traffic_sent(
     assert ("parakeet_worker_restarts_total", ()) in after
     assert value(after, "parakeet_worker_restarts_total") == 0
     assert value(after, "process_resident_memory_bytes") > 10_000_000
+
+
+def test_an_open_stream_is_in_flight_until_it_ends(
+    metered: RunningServer, speech_dir: Path
+) -> None:
+    pcm = (speech_dir / "speech.s16le").read_bytes()
+    chunks: queue.Queue[bytes | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield pb.StreamingTranscribeRequest(
+            config=pb.StreamingConfig(
+                format=pb.AudioFormat(
+                    encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000
+                ),
+                interim_results=True,
+                finalization_mode=pb.FINALIZATION_MODE_STREAMING,
+            )
+        )
+        while (chunk := chunks.get(timeout=60)) is not None:
+            yield pb.StreamingTranscribeRequest(audio=chunk)
+
+    chunks.put(pcm[:80000])
+    responses = metered.stub().StreamingTranscribe(requests(), timeout=120)
+    assert not next(responses).is_final
+    during = scrape(metered)
+    chunks.put(None)
+    assert list(responses)[-1].is_final
+
+    def ended(samples: Samples) -> bool:
+        return value(samples, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 0
+
+    after = scrape_until(metered, ended)
+    assert value(during, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 1
+    assert value(after, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 0
 
 
 def test_metrics_are_off_by_default(server: RunningServer) -> None:

@@ -17,6 +17,7 @@ from certs import CertificateAuthority, Issued
 from conftest import RunningServer, start_server, transcribe
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from scrape import Samples, delta, scrape, scrape_until
 
 TOKEN = "s3cret-token_for.tests"
 Metadata = tuple[tuple[str, str], ...]
@@ -64,7 +65,10 @@ def auth_server(
 ) -> Iterator[RunningServer]:
     """Plaintext, with the token from PARAKEET_AUTH_TOKEN."""
     running = start_server(
-        tdt_checkpoint, tmp_path_factory.mktemp("auth"), env={"PARAKEET_AUTH_TOKEN": TOKEN}
+        tdt_checkpoint,
+        tmp_path_factory.mktemp("auth"),
+        *("--metrics-address", "127.0.0.1:0"),
+        env={"PARAKEET_AUTH_TOKEN": TOKEN},
     )
     yield running
     assert running.stop() == 0, running.log()
@@ -219,6 +223,7 @@ def test_missing_or_bad_token_is_unauthenticated_for_unary_and_stream(
     auth_server: RunningServer, speech_wav: bytes, metadata: Metadata, message: str
 ) -> None:
     stub = auth_server.stub()
+    before = scrape(auth_server)
     calls = [
         lambda: stub.Transcribe(pb.TranscribeRequest(audio=speech_wav), metadata=metadata),
         lambda: stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata),
@@ -230,6 +235,20 @@ def test_missing_or_bad_token_is_unauthenticated_for_unary_and_stream(
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert message in (error.value.details() or "")
     assert "rpc=StreamingTranscribe peer=ipv4:127.0.0.1" in auth_server.log()
+
+    def refused(samples: Samples, rpc: str) -> float:
+        return delta(
+            before,
+            samples,
+            "parakeet_requests_total",
+            service="parakeet.v1.TranscriptionService",
+            rpc=rpc,
+            code="UNAUTHENTICATED",
+        )
+
+    rpcs = ("Transcribe", "GetServerInfo", "StreamingTranscribe")
+    after = scrape_until(auth_server, lambda samples: all(refused(samples, r) for r in rpcs))
+    assert [refused(after, rpc) for rpc in rpcs] == [1, 1, 1]
     assert "status=UNAUTHENTICATED" in auth_server.log()
 
 
