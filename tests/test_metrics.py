@@ -36,6 +36,14 @@ def test_metrics_move_by_exactly_the_traffic_sent(
     before = scrape(metered)
 
     unary = transcribe(stub, speech_wav)
+    repeated = transcribe(stub, speech_wav)
+    assert repeated.metrics.cache_hit
+    long_audio = (speech_dir / "speech_8000.wav").read_bytes()
+    [long_final] = [
+        response
+        for response in stub.TranscribeLong(pb.TranscribeLongRequest(audio=long_audio), timeout=120)
+        if response.is_final
+    ]
     with pytest.raises(grpc.RpcError) as garbage:
         transcribe(stub, b"this is not audio at all" * 100)
     assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -49,6 +57,7 @@ def test_metrics_move_by_exactly_the_traffic_sent(
 
     requests = "parakeet_requests_total"
     calls = [
+        ("TranscribeLong", "OK"),
         ("Transcribe", "OK"),
         ("Transcribe", "INVALID_ARGUMENT"),
         ("StreamingTranscribe", "OK"),
@@ -63,17 +72,28 @@ def test_metrics_move_by_exactly_the_traffic_sent(
 
     after = scrape_until(metered, counted)
     for rpc, code in calls:
-        assert delta(before, after, requests, service=service, rpc=rpc, code=code) == 1, (rpc, code)
+        expected = 2 if (rpc, code) == ("Transcribe", "OK") else 1
+        assert delta(before, after, requests, service=service, rpc=rpc, code=code) == expected, (
+            rpc,
+            code,
+        )
     assert delta(before, after, requests, service=service, rpc="GetServerInfo", code="OK") == 0
 
-    for rpc, figures in [("Transcribe", unary.metrics), ("StreamingTranscribe", final.metrics)]:
+    for rpc, responses in [
+        ("Transcribe", [unary.metrics, repeated.metrics]),
+        ("TranscribeLong", [long_final.metrics]),
+        ("StreamingTranscribe", [final.metrics]),
+    ]:
         seconds = delta(before, after, "parakeet_audio_seconds_total", rpc=rpc)
-        assert seconds == pytest.approx(figures.audio_seconds, rel=1e-6)
-        assert delta(before, after, "parakeet_processing_seconds_count", rpc=rpc) == 1
+        assert seconds == pytest.approx(sum(m.audio_seconds for m in responses), rel=1e-6)
+        assert delta(before, after, "parakeet_processing_seconds_count", rpc=rpc) == len(responses)
         assert delta(before, after, "parakeet_processing_seconds_sum", rpc=rpc) == pytest.approx(
-            figures.processing_seconds, rel=1e-6
+            sum(m.processing_seconds for m in responses), rel=1e-6
         )
-        assert delta(before, after, "parakeet_real_time_factor_count", rpc=rpc) == 1
+        assert delta(before, after, "parakeet_real_time_factor_count", rpc=rpc) == len(responses)
+    assert delta(before, after, "parakeet_cache_hits_total", cache="transcript") == 1
+    assert value(after, "parakeet_cache_entries", cache="transcript") >= 1
+    assert value(after, "parakeet_cache_max_bytes", cache="transcript") > 0
     assert delta(before, after, "parakeet_stream_time_to_final_seconds_count") == 1
     assert delta(before, after, "parakeet_stream_time_to_final_seconds_sum") == pytest.approx(
         final.finalization_latency_seconds, rel=1e-6, abs=1e-9
