@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,6 +166,28 @@ def test_a_bad_metrics_address_is_refused_with_the_reason(tdt_checkpoint: Path) 
     assert result.returncode == 2
     assert "metrics address" in result.stderr
     assert "HOST:PORT" in result.stderr
+
+
+def test_a_metrics_port_in_use_stops_the_server_with_the_reason(tdt_checkpoint: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "parakeet_server",
+                "--model",
+                str(tdt_checkpoint),
+                *("--port", "0", "--metrics-address", address),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot serve metrics on {address}: Address already in use" in result.stderr
 
 
 def test_the_metrics_module_does_not_import_mlx() -> None:

@@ -220,7 +220,10 @@ class MetricsEndpoint:
     def __init__(self, metrics: ServerMetrics, address: str) -> None:
         host, port = split_address(address)
         self._httpd: WSGIServer
-        self._httpd, self._thread = start_http_server(port, host, registry=metrics.registry)
+        try:
+            self._httpd, self._thread = start_http_server(port, host, registry=metrics.registry)
+        except OSError as error:
+            raise OSError(f"cannot serve metrics on {address}: {error.strerror}") from None
         self.host = host
         self.port = int(self._httpd.server_port)
 
