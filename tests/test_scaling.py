@@ -26,7 +26,9 @@ def pair(tdt_checkpoint: Path, tmp_path: Path) -> Iterator[list[RunningServer]]:
     servers = [start_server(tdt_checkpoint, tmp_path) for _ in range(2)]
     yield servers
     for running in servers:
-        running.stop()
+        killed = running.process.returncode is not None
+        code = running.stop()
+        assert killed or code == 0, running.log()
 
 
 def _balanced(servers: list[RunningServer]) -> grpc.Channel:

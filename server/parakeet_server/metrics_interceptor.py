@@ -30,7 +30,11 @@ def split_method(method: str) -> tuple[str, str]:
 
 
 class MetricsInterceptor(ServerInterceptor):
-    """Counts each call by status once it ends, including aborted and cancelled ones."""
+    """Counts each call by status once it ends, including aborted and cancelled ones.
+
+    Every handler of this server is async (the service, aio health and reflection); the
+    wrappers call them on the event loop as grpc.aio would.
+    """
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
