@@ -30,6 +30,7 @@ from parakeet_client.stream import (
 )
 
 DEFAULT_SERVER = "localhost:50051"
+TOKEN_ENV = "PARAKEET_AUTH_TOKEN"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_FAILED = 1
@@ -86,7 +87,8 @@ def _describe_rpc_error(error: grpc.RpcError, server: str) -> tuple[str, int]:
             return f"the server at {server} is not ready: {details}", EXIT_UNAVAILABLE
         return (
             f"cannot reach parakeet-server at {server} ({details}). Is it running? "
-            "Start it with `parakeet-server`, or pass --server HOST:PORT",
+            "Start it with `parakeet-server`, or pass --server HOST:PORT "
+            "(and --tls-ca CA.pem if it serves TLS)",
             EXIT_UNAVAILABLE,
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -117,7 +119,7 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
     bar = ProgressBar(sys.stderr) if show_progress else None
     final: pb.TranscribeLongResponse | None = None
     # TranscribeLong answers like Transcribe, with progress on the way (long files come in chunks).
-    for update in stub.TranscribeLong(request, timeout=args.timeout):
+    for update in stub.TranscribeLong(request, timeout=args.timeout, metadata=args.metadata):
         if bar is not None:
             bar.show(update.audio_processed_seconds, update.audio_total_seconds)
         if update.is_final:
@@ -230,7 +232,7 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
         renderer = Renderer(sys.stdout, interim=args.interim)
         final: pb.StreamingTranscribeResponse | None = None
         with _stop_on_sigint(stop):
-            call = stub.StreamingTranscribe(messages, timeout=timeout)
+            call = stub.StreamingTranscribe(messages, timeout=timeout, metadata=args.metadata)
             try:
                 for response in call:
                     if response.is_final:
@@ -263,7 +265,9 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
 
 
 def _info(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
-    response = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=args.timeout)
+    response = stub.GetServerInfo(
+        pb.GetServerInfoRequest(), timeout=args.timeout, metadata=args.metadata
+    )
     if args.json:
         print(json.dumps(json_format.MessageToDict(response), indent=2))
         return 0
@@ -302,6 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for an answer"
     )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=os.environ.get("PARAKEET_TLS_CA"),
+        help="connect over TLS, trusting the CA certificates in this PEM file "
+        "[env PARAKEET_TLS_CA]",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="connect over TLS, trusting the system's CAs"
+    )
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help="bearer token for a server started with --auth-token-file; visible to other users "
+        f"in `ps`, so prefer --token-file or the environment [env {TOKEN_ENV}]",
+    )
+    token.add_argument("--token-file", metavar="PATH", help="read the bearer token from a file")
     commands = parser.add_subparsers(dest="command", required=True)
     transcribe = commands.add_parser("transcribe", help="transcribe an audio file")
     transcribe.add_argument("file", help="WAV, FLAC, OGG, Opus, MP3, m4a/AAC, or raw PCM")
@@ -371,16 +393,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token; raises OSError/ValueError with the reason when unusable."""
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as error:
+            raise OSError(f"cannot read {args.token_file}: {error.strerror}") from None
+        if not token:
+            raise ValueError(f"the token file {args.token_file} is empty")
+        return token
+    return args.token.strip() if args.token else None
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", 1024 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ]
+    if not (args.tls or args.tls_ca):
+        return grpc.insecure_channel(args.server, options=options)
+    roots = None
+    if args.tls_ca:
+        try:
+            roots = Path(args.tls_ca).read_bytes()
+        except OSError as error:
+            raise OSError(f"cannot read {args.tls_ca}: {error.strerror}") from None
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(args.server, credentials, options=options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"transcribe": _transcribe, "stream": _stream, "info": _info}
-    with grpc.insecure_channel(
-        args.server,
-        options=[
-            ("grpc.max_send_message_length", 1024 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ],
-    ) as channel:
+    try:
+        token = _token(args)
+        channel = _channel(args)
+    except (OSError, ValueError) as error:
+        return _fail(str(error), EXIT_USAGE)
+    args.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with channel:
         stub = pb_grpc.TranscriptionServiceStub(channel)
         try:
             return handlers[args.command](stub, args)

@@ -10,6 +10,7 @@ from typing import Any
 
 from parakeet_server import __version__
 from parakeet_server.engine.model import DEFAULT_MODEL, DTYPES
+from parakeet_server.prometheus import split_address
 
 MIB = 1024 * 1024
 
@@ -43,6 +44,11 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     blas: str | None = None
+    metrics_address: str = ""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +80,15 @@ class ServerConfig:
             problems.append("auto full-context seconds must not be negative")
         if min(self.audio_cache_bytes, self.transcript_cache_bytes, self.disk_cache_bytes) < 0:
             problems.append("cache sizes must not be negative (0 turns a cache off)")
+        if self.metrics_address:
+            try:
+                split_address(self.metrics_address)
+            except ValueError as error:
+                problems.append(f"metrics address: {error}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -217,6 +232,28 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "blas",
         str,
         "Linux: path of a BLAS library for MLX, or 'bundled' (default: find OpenBLAS)",
+    ),
+    (
+        "--metrics-address",
+        "metrics_address",
+        str,
+        "HOST:PORT serving Prometheus metrics over HTTP, e.g. 127.0.0.1:9464 (empty: off; "
+        "port 0: any free port, logged)",
+    ),
+    ("--tls-cert", "tls_cert", str, "PEM certificate chain: serve gRPC over TLS"),
+    ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
+    (
+        "--tls-client-ca",
+        "tls_client_ca",
+        str,
+        "PEM CA certificates: require client certificates signed by them (mutual TLS)",
+    ),
+    (
+        "--auth-token-file",
+        "auth_token_file",
+        str,
+        "file holding a bearer token every call must present (health and reflection stay "
+        "open); or set the token itself in PARAKEET_AUTH_TOKEN",
     ),
 ]
 

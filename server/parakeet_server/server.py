@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
+from parakeet_server.auth import TokenAuthInterceptor, load_token
 from parakeet_server.cache import Caches
 from parakeet_server.config import ServerConfig
 from parakeet_server.engine.child import WorkerSpec
@@ -21,6 +24,8 @@ from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.engine.supervisor import RecyclePolicy, Supervisor
 from parakeet_server.errors import ModelLoadError
 from parakeet_server.metrics import rss_bytes
+from parakeet_server.metrics_interceptor import MetricsInterceptor, ServerInterceptor
+from parakeet_server.prometheus import MetricsEndpoint, ServerMetrics
 from parakeet_server.service import TranscriptionService
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,10 @@ class Server:
     """The gRPC server and the model worker behind it."""
 
     def __init__(self, config: ServerConfig) -> None:
+        """Raises OSError or ValueError, with the reason, for unusable TLS or token files."""
         self.config = config
+        self.credentials = _server_credentials(config)
+        token = load_token(config.auth_token_file, os.environ)
         self.models = Supervisor(
             WorkerSpec(
                 model=config.model,
@@ -53,16 +61,27 @@ class Server:
             on_serving=self._serving,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        # Kept even when not served over HTTP, so the interceptor needs no special case.
+        self.metrics = ServerMetrics(lambda: self.models.pending)
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        # Metrics first, so refused calls are counted too.
+        interceptors: list[ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        if token is not None:
+            interceptors.append(TokenAuthInterceptor(token))
+        self.auth = token is not None
         # A little headroom over the audio limit for the rest of the request.
         message_limit = config.max_message_bytes + 64 * 1024
         self.grpc = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self.caches = Caches.from_config(config)
+        self.metrics.caches.register("audio", self.caches.audio)
+        self.metrics.caches.register("transcript", self.caches.transcripts)
         pb_grpc.add_TranscriptionServiceServicer_to_server(
             TranscriptionService(self.models, config, self.caches), self.grpc
         )
@@ -77,20 +96,29 @@ class Server:
 
         Returns the port. Raises ModelLoadError when the model cannot be loaded.
         """
-        self.port = self.grpc.add_insecure_port(self.config.address)
+        if self.credentials is None:
+            self.port = self.grpc.add_insecure_port(self.config.address)
+        else:
+            self.port = self.grpc.add_secure_port(self.config.address, self.credentials)
         if self.port == 0:
             raise OSError(f"could not listen on {self.config.address}")
+        if self.config.metrics_address:
+            self.metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
+            log.info("metrics address=%s", self.metrics_endpoint.address)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         log.info(
-            "listening address=%s:%d version=%s model=%s (loading)",
+            "listening address=%s:%d version=%s model=%s tls=%s auth=%s (loading)",
             self.config.host,
             self.port,
             __version__,
             self.config.model,
+            _tls_mode(self.config),
+            "token" if self.auth else "off",
         )
         started = time.perf_counter()
         info = await self.models.start()
+        self.metrics.model_loaded(info.load_seconds, info.warmup_seconds)
         log.info(
             "model loaded model=%s kind=%s dtype=%s device=%s blas=%s params=%d "
             "load=%.2fs warmup=%.2fs rss=%.0fMB worker_rss=%.0fMB",
@@ -120,9 +148,20 @@ class Server:
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         await self.grpc.stop(grace)
         await self.models.close()
+        self.close_metrics()
+
+    def close_metrics(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
 
     async def _serving(self, serving: bool) -> None:
-        """The model worker died (False) or a new one is ready (True)."""
+        """The model worker died (False) or a new one is ready after it (True)."""
+        if serving:
+            self.metrics.worker_restarts.inc()
+            info = self.models.info
+            if info is not None:
+                self.metrics.model_loaded(info.load_seconds, info.warmup_seconds)
         await self._set_health(
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -134,9 +173,40 @@ class Server:
             await self.health.set(service, status)
 
 
+def _tls_mode(config: ServerConfig) -> str:
+    if config.tls_client_ca:
+        return "mutual"
+    return "on" if config.tls_cert else "off"
+
+
+def _read_pem(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise OSError(f"cannot read {flag} {path}: {error.strerror}") from None
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not (config.tls_cert and config.tls_key):
+        return None
+    chain = _read_pem("--tls-cert", config.tls_cert)
+    key = _read_pem("--tls-key", config.tls_key)
+    client_ca = _read_pem("--tls-client-ca", config.tls_client_ca) if config.tls_client_ca else None
+    for flag, pem in (("--tls-cert", chain), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if pem is not None and b"-----BEGIN " not in pem:
+            raise ValueError(f"{flag} must be a PEM file (-----BEGIN ...); this one is not")
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def serve(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT; returns the process exit code."""
-    server = Server(config)
+    try:
+        server = Server(config)
+    except (OSError, ValueError) as error:
+        log.error("cannot start: %s", error)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,9 +221,11 @@ async def serve(config: ServerConfig) -> int:
             log.error("cannot start: %s", error)
             await server.grpc.stop(None)
             await server.models.close()
+            server.close_metrics()
             return 2
         except OSError as error:
             log.error("cannot start: %s", error)
+            server.close_metrics()
             return 2
         await stopping
     else:

@@ -43,6 +43,7 @@ from parakeet_server.errors import (
     Overloaded,
     ParakeetError,
 )
+from parakeet_server.logs import request_fields
 from parakeet_server.metrics import RequestFigures, rss_bytes
 from parakeet_server.recordings import Recording, RecordingLoader, ResultShape, model_identity
 from parakeet_server.streams import LiveTranscription, StreamLimits, StreamSlots
@@ -291,6 +292,9 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             rpc,
             context.peer(),
             job.audio.source_format,
+            extra=request_fields(
+                rpc, request_id, context.peer(), "OK", figures, format=job.audio.source_format
+            ),
         )
 
     async def StreamingTranscribe(
@@ -333,6 +337,15 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                     final.blocks,
                     final.block_seconds_max,
                     response.finalization_latency_seconds,
+                    extra=request_fields(
+                        "StreamingTranscribe",
+                        request_id,
+                        context.peer(),
+                        "OK",
+                        final.figures,
+                        mode=config.mode.value,
+                        finalization_seconds=round(response.finalization_latency_seconds, 4),
+                    ),
                 )
                 yield response
         except ParakeetError as error:
@@ -456,5 +469,6 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             context.peer(),
             code.name,
             message,
+            extra=request_fields(rpc, request_id, context.peer(), code.name, error=message),
         )
         await context.abort(code, message)

@@ -162,6 +162,11 @@ class Supervisor:
             process.served += 1
             self._after_lease(process)
 
+    @property
+    def pending(self) -> int:
+        """Calls queued for or running on the current worker."""
+        return self.current.worker.pending if self.current is not None else 0
+
     def worker_resident_bytes(self) -> int:
         return self.current.resident_bytes() if self.current is not None else 0
 

@@ -1,0 +1,128 @@
+"""Bearer-token authentication: the token's source, and a grpc.aio interceptor checking it."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+
+from parakeet_server.logs import request_fields
+
+log = logging.getLogger("parakeet_server.requests")
+
+TOKEN_ENV = "PARAKEET_AUTH_TOKEN"
+
+# Load balancers and tools must reach these without a token.
+OPEN_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class TokenError(ValueError):
+    """The token file cannot be used."""
+
+
+def load_token(path: str | None, environ: Mapping[str, str]) -> str | None:
+    """The token from `path` (surrounding whitespace dropped), else from PARAKEET_AUTH_TOKEN.
+
+    None when neither is set: authentication is off.
+    """
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise TokenError(f"cannot read the auth token file {path}: {error}") from None
+        if not token:
+            raise TokenError(f"the auth token file {path} is empty")
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+    if any(character.isspace() for character in token) or not token.isprintable():
+        raise TokenError("the auth token must be one word of printable characters")
+    return token
+
+
+class TokenAuthInterceptor(ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>` with UNAUTHENTICATED."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        service, _, rpc = handler_call_details.method.lstrip("/").rpartition("/")
+        if service in OPEN_SERVICES:
+            return await continuation(handler_call_details)
+        problem = self._problem(handler_call_details.invocation_metadata or ())
+        handler = await continuation(handler_call_details)
+        if problem is None or handler is None:
+            return handler
+        return _refusal(handler, rpc, problem)
+
+    def _problem(self, metadata: Any) -> str | None:
+        values = [value for key, value in metadata if key == "authorization"]
+        if not values:
+            return (
+                "this server requires a token: send the metadata 'authorization: Bearer <token>' "
+                "(parakeet-client: --token-file or PARAKEET_AUTH_TOKEN)"
+            )
+        value = values[0]
+        presented = value.encode() if isinstance(value, str) else bytes(value)
+        if not presented.startswith(b"Bearer "):
+            return "the authorization metadata must have the form 'Bearer <token>'"
+        if not hmac.compare_digest(presented, self._expected):
+            return (
+                "the bearer token was not accepted; use the token the server was started with "
+                "(its --auth-token-file or PARAKEET_AUTH_TOKEN)"
+            )
+        return None
+
+
+def _refusal(handler: Handler, rpc: str, message: str) -> Handler:
+    """A handler of the same shape as `handler` that only aborts with UNAUTHENTICATED."""
+
+    async def refuse(request: Any, context: Context) -> NoReturn:
+        status = grpc.StatusCode.UNAUTHENTICATED
+        log.info(
+            "request rpc=%s peer=%s status=%s message=%r",
+            rpc,
+            context.peer(),
+            status.name,
+            message,
+            extra=request_fields(rpc, "-", context.peer(), status.name, error=message),
+        )
+        await context.abort(status, message)
+
+    async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        await refuse(request, context)
+        yield  # pragma: no cover - never reached; makes this an async generator
+
+    options = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse_stream, **options)
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **options)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse, **options)
+    return grpc.unary_unary_rpc_method_handler(refuse, **options)
