@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -51,9 +50,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(client: Path, *args: str, timeout: float = 300) -> Run:
-    result = subprocess.run(
-        [str(client), *args], capture_output=True, text=True, timeout=timeout, env=os.environ
-    )
+    result = subprocess.run([str(client), *args], capture_output=True, text=True, timeout=timeout)
     return Run(result.returncode, result.stdout, result.stderr)
 
 
