@@ -8,16 +8,28 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import RunningServer
 
-# The dev extra installs grpcurl next to this interpreter; a venv need not be on PATH.
-_BESIDE = Path(sys.executable).parent / "grpcurl"
-GRPCURL = str(_BESIDE) if _BESIDE.exists() else shutil.which("grpcurl")
+
+def _find_grpcurl() -> str | None:
+    """grpcurl as its users install it (`go install`, by scripts/setup --dev into .cache/bin),
+    else the PyPI wrapper from the dev extra next to this interpreter, else PATH."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / ".cache" / "bin" / "grpcurl",
+        Path(sys.executable).parent / "grpcurl",
+    ):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("grpcurl")
+
+
+GRPCURL = _find_grpcurl()
 pytestmark = pytest.mark.skipif(
-    GRPCURL is None, reason="grpcurl comes with the dev extra (scripts/setup --dev)"
+    GRPCURL is None, reason="grpcurl comes with scripts/setup --dev (go install, or the dev extra)"
 )
 
 
@@ -36,11 +48,15 @@ def test_list_shows_the_service_health_and_reflection(server: RunningServer) -> 
     services = _grpcurl(server, "list").split()
     assert "parakeet.v1.TranscriptionService" in services
     assert "grpc.health.v1.Health" in services
+    assert (
+        "grpc.reflection.v1alpha.ServerReflection" in services
+    )  # grpcio-reflection serves v1alpha
     methods = _grpcurl(server, "list", "parakeet.v1.TranscriptionService").split()
     assert methods == [
         "parakeet.v1.TranscriptionService.GetServerInfo",
         "parakeet.v1.TranscriptionService.StreamingTranscribe",
         "parakeet.v1.TranscriptionService.Transcribe",
+        "parakeet.v1.TranscriptionService.TranscribeLong",
     ]
 
 
@@ -113,6 +129,46 @@ def test_list_shows_the_service_health_and_reflection(server: RunningServer) -> 
                 "returns ( stream .parakeet.v1.StreamingTranscribeResponse );",
                 "rpc GetServerInfo ( .parakeet.v1.GetServerInfoRequest ) returns "
                 "( .parakeet.v1.GetServerInfoResponse );",
+                "rpc TranscribeLong ( .parakeet.v1.TranscribeLongRequest ) returns "
+                "( stream .parakeet.v1.TranscribeLongResponse );",
+            ],
+        ),
+        (
+            "parakeet.v1.StreamingTranscribeRequest",
+            [
+                "oneof request {",
+                ".parakeet.v1.StreamingConfig config = 1;",
+                "bytes audio = 2;",
+            ],
+        ),
+        (
+            "parakeet.v1.StreamingConfig",
+            [
+                ".parakeet.v1.AudioFormat format = 1;",
+                "bool interim_results = 2;",
+                ".parakeet.v1.TranscriptionOptions options = 3;",
+                ".parakeet.v1.FinalizationMode finalization_mode = 4;",
+            ],
+        ),
+        (
+            "parakeet.v1.StreamingTranscribeResponse",
+            [
+                "string finalized_text = 1;",
+                "string draft_text = 2;",
+                "bool is_final = 3;",
+                "double audio_processed_seconds = 4;",
+                ".parakeet.v1.Transcript transcript = 5;",
+                ".parakeet.v1.RequestMetrics metrics = 6;",
+                "double finalization_latency_seconds = 7;",
+            ],
+        ),
+        (
+            "parakeet.v1.FinalizationMode",
+            [
+                "FINALIZATION_MODE_UNSPECIFIED = 0;",
+                "FINALIZATION_MODE_AUTO = 1;",
+                "FINALIZATION_MODE_STREAMING = 2;",
+                "FINALIZATION_MODE_FULL_CONTEXT = 3;",
             ],
         ),
     ],
@@ -142,3 +198,70 @@ def test_server_info_and_health(server: RunningServer) -> None:
     assert info["modelKind"] == "MODEL_KIND_TDT"
     health = json.loads(_grpcurl(server, "grpc.health.v1.Health/Check"))
     assert health == {"status": "SERVING"}
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """grpcurl prints each response of a stream as its own (indented) JSON object."""
+    decoder = json.JSONDecoder()
+    objects, position = [], 0
+    while position < len(text.rstrip()):
+        while text[position].isspace():
+            position += 1
+        value, position = decoder.raw_decode(text, position)
+        objects.append(value)
+    return objects
+
+
+def test_streaming_transcribe_through_grpcurl_equals_transcribe(
+    server: RunningServer, speech_dir: Path
+) -> None:
+    pcm = (speech_dir / "speech.s16le").read_bytes()
+    config = {
+        "config": {
+            "format": {"encoding": "ENCODING_LINEAR16", "sampleRateHertz": 16000},
+            "interimResults": True,
+            "finalizationMode": "FINALIZATION_MODE_FULL_CONTEXT",
+        }
+    }
+    chunks = [
+        {"audio": base64.b64encode(pcm[start : start + 32000]).decode()}
+        for start in range(0, len(pcm), 32000)
+    ]
+    messages = "\n".join(json.dumps(message) for message in [config, *chunks])
+    responses = _json_objects(
+        _grpcurl(server, "parakeet.v1.TranscriptionService/StreamingTranscribe", data=messages)
+    )
+    assert [r.get("isFinal", False) for r in responses].count(True) == 1
+    final = responses[-1]
+    assert final["isFinal"] is True
+    assert final["metrics"]["audioSeconds"] == pytest.approx(len(pcm) / 2 / 16000)
+    unary = json.loads(
+        _grpcurl(
+            server,
+            "parakeet.v1.TranscriptionService/Transcribe",
+            data=json.dumps(
+                {
+                    "audio": base64.b64encode(pcm).decode(),
+                    "format": {"encoding": "ENCODING_LINEAR16", "sampleRateHertz": 16000},
+                }
+            ),
+        )
+    )
+    assert final["transcript"] == unary["transcript"]
+
+
+def test_health_of_the_named_service(server: RunningServer) -> None:
+    request = json.dumps({"service": "parakeet.v1.TranscriptionService"})
+    health = json.loads(_grpcurl(server, "grpc.health.v1.Health/Check", data=request))
+    assert health == {"status": "SERVING"}
+
+
+def test_a_refused_request_prints_the_status(server: RunningServer) -> None:
+    request = json.dumps({"audio": base64.b64encode(b"not audio at all").decode()})
+    result = subprocess.run(
+        [str(GRPCURL), "-plaintext", "-d", "@", server.address,
+         "parakeet.v1.TranscriptionService/Transcribe"],
+        input=request, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Code: InvalidArgument" in result.stderr, result.stderr
