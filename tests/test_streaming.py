@@ -433,3 +433,36 @@ def test_stream_survives_a_1_sample_tail_and_odd_rates(
     unary = transcribe(stub, raw, encoding=LINEAR16, sample_rate=rate)
     final = _final(stream(stub, raw, mode=FULL_CONTEXT, sample_rate=rate, chunk_bytes=333))
     assert final.transcript == unary.transcript
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_others(
+    tdt_checkpoint: Path, tmp_path: Path, speech_wav: bytes
+) -> None:
+    # 80 ms blocks: hundreds of partial results whose finalized text keeps growing, far more
+    # than HTTP/2's flow-control window; the client reads none of them.
+    server = start_server(tdt_checkpoint, tmp_path, "--stream-block-ms", "80")
+    try:
+        stub = server.stub()
+        pcm = (np.random.default_rng(9).normal(0, 3000, 16000 * 60)).astype("<i2").tobytes()
+        config = pb.StreamingConfig(
+            format=pb.AudioFormat(
+                encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000
+            ),
+            interim_results=True,
+            finalization_mode=pb.FINALIZATION_MODE_STREAMING,
+        )
+
+        def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+            yield pb.StreamingTranscribeRequest(config=config)
+            for start in range(0, len(pcm), 3200):
+                yield pb.StreamingTranscribeRequest(audio=pcm[start : start + 3200])
+
+        stalled = stub.StreamingTranscribe(requests(), timeout=120)  # never read
+        time.sleep(1.0)
+        for _ in range(3):
+            assert transcribe(stub, speech_wav).transcript.segments
+        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+        assert info.active_streams == 1
+        stalled.cancel()
+    finally:
+        assert server.stop() == 0

@@ -244,3 +244,20 @@ def _wait_until(condition: object, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_a_worker_over_its_memory_limit_is_replaced(tdt_checkpoint: Path, tmp_path: Path) -> None:
+    # Any loaded model is over 1 MB: the worker is replaced after its first request.
+    server = start_server(
+        tdt_checkpoint, tmp_path, "--worker-max-memory-mb", "1", "--transcript-cache-bytes", "0"
+    )
+    try:
+        first = _info(server).worker_pid
+        audio = _noise(2, seed=4)
+        answers = [_raw(server, audio) for _ in range(3)]
+        _wait_until(lambda: _info(server).worker_recycles >= 1, timeout=60)
+        assert _info(server).worker_pid != first
+        assert len({a.transcript.SerializeToString() for a in answers}) == 1
+        assert re.search(r"model worker pid=\d+ is being recycled at \d+ MB resident", server.log())
+    finally:
+        assert server.stop() == 0

@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name
 _HEALTH_SERVICES = ("", SERVICE_NAME)
 
+# A dictation session may sit silent for minutes between utterances, across NATs and proxies
+# that drop idle connections: the server pings idle connections every minute, and lets clients
+# ping as often as every 10 s, with or without calls in flight (clients should not go below).
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
 
 class Server:
     """The gRPC server and the model worker behind it."""
@@ -77,6 +88,7 @@ class Server:
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),
                 ("grpc.so_reuseport", 0),
+                *KEEPALIVE,
             ],
         )
         self.caches = Caches.from_config(config)

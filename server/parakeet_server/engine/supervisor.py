@@ -100,7 +100,21 @@ class WorkerProcess:
             return 0
 
     async def wait_exit(self) -> None:
-        await asyncio.to_thread(self.process.join)
+        """Returns once the process has exited (its sentinel fd becomes readable)."""
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+        sentinel = self.process.sentinel
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(sentinel, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(sentinel)
+        self.process.join()
 
     async def close(self, *, because: str | None = None) -> None:
         self.closing = True
