@@ -41,6 +41,7 @@ from parakeet_server.errors import (
     ModelUnavailable,
     Overloaded,
     ParakeetError,
+    RequestTooLarge,
 )
 from parakeet_server.metrics import RequestFigures, rss_bytes
 from parakeet_server.recordings import Recording, RecordingLoader, ResultShape, model_identity
@@ -56,6 +57,7 @@ _STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     AudioTooLong: grpc.StatusCode.OUT_OF_RANGE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -215,6 +217,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             len(request.audio),
             context.peer(),
         )
+        self._check_size(request.audio)
         options = options_from_proto(request.options)
         encoding = encoding_from_proto(request.format.encoding)
         remaining = context.time_remaining()
@@ -328,6 +331,15 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             if live is not None:
                 live.close()
 
+    def _check_size(self, audio: bytes) -> None:
+        # gRPC's own limit has headroom for the other fields; the audio itself gets none.
+        limit = self._config.max_message_bytes
+        if len(audio) > limit:
+            raise RequestTooLarge(
+                f"the message carries {len(audio)} bytes of audio; the server's limit "
+                f"(--max-message-bytes) is {limit} bytes"
+            )
+
     def _ready_engine(self) -> ParakeetEngine:
         engine = self._worker.engine
         if engine is None:
@@ -361,6 +373,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                         "has one"
                     )
                 if kind == "audio":
+                    self._check_size(request.audio)
                     live.add_audio(request.audio)
                     await live.wait_for_room()
             live.end_input()
