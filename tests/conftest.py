@@ -103,8 +103,14 @@ class RunningServer:
         raise AssertionError(f"server did not log {pattern.pattern!r} in {timeout}s:\n{self.log()}")
 
     def rss_bytes(self) -> int:
-        with open(f"/proc/{self.process.pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        """Resident memory of the server and its model worker process together."""
+        return sum(_rss(pid) for pid in [self.process.pid, *self.children()])
+
+    def children(self) -> list[int]:
+        """Process ids of the server's child processes (its model worker)."""
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
 
     def stop(self, timeout: float = 30.0) -> int:
         for channel in self.channels:
@@ -120,6 +126,14 @@ class RunningServer:
                     f"server ignored SIGTERM for {timeout}s:\n{self.log()}"
                 ) from None
         return self.process.returncode
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except FileNotFoundError:
+        return 0
 
 
 def start_server(

@@ -62,7 +62,7 @@ class CacheStats:
     evictions: int = 0  # dropped from memory to stay within max_bytes
     disk_hits: int = 0
     disk_rejected: int = 0  # corrupt, truncated or foreign files found on disk: deleted
-    disk_errors: int = 0  # reads and writes the disk refused (not in the proto yet)
+    disk_errors: int = 0  # reads and writes the disk refused
 
 
 class LruCache(Generic[V]):

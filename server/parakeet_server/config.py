@@ -34,6 +34,8 @@ class ServerConfig:
     stream_left_context_seconds: float = 10.0
     auto_full_context_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    worker_max_requests: int = 0
+    worker_max_memory_mb: int = 0
     audio_cache_bytes: int = 512 * MIB
     transcript_cache_bytes: int = 64 * MIB
     cache_dir: str = ""
@@ -66,6 +68,8 @@ class ServerConfig:
             problems.append("stream block must be at least 80 ms and look-ahead not negative")
         if self.stream_left_context_seconds < 0.08:
             problems.append("stream left context must be at least 0.08 s")
+        if self.worker_max_requests < 0 or self.worker_max_memory_mb < 0:
+            problems.append("worker recycling limits must not be negative (0: no limit)")
         if self.auto_full_context_seconds < 0:
             problems.append("auto full-context seconds must not be negative")
         if min(self.audio_cache_bytes, self.transcript_cache_bytes, self.disk_cache_bytes) < 0:
@@ -193,6 +197,18 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "disk_cache_bytes",
         int,
         "most bytes the on-disk cache may hold (least recently used files go first)",
+    ),
+    (
+        "--worker-max-requests",
+        "worker_max_requests",
+        int,
+        "replace the model worker process after this many requests (0: never)",
+    ),
+    (
+        "--worker-max-memory-mb",
+        "worker_max_memory_mb",
+        int,
+        "replace the model worker process once its resident memory passes this (0: never)",
     ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
@@ -17,9 +16,9 @@ from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
 from parakeet_server.cache import Caches
 from parakeet_server.config import ServerConfig
-from parakeet_server.engine.model import ParakeetEngine, release_thread_resources
+from parakeet_server.engine.child import WorkerSpec
 from parakeet_server.engine.settings import ChunkingConfig
-from parakeet_server.engine.worker import ModelWorker
+from parakeet_server.engine.supervisor import RecyclePolicy, Supervisor
 from parakeet_server.errors import ModelLoadError
 from parakeet_server.metrics import rss_bytes
 from parakeet_server.service import TranscriptionService
@@ -35,18 +34,23 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.worker: ModelWorker[ParakeetEngine] = ModelWorker(
-            functools.partial(
-                ParakeetEngine.load,
-                config.model,
+        self.models = Supervisor(
+            WorkerSpec(
+                model=config.model,
                 dtype=config.dtype,
                 blas=config.blas,
                 chunking=ChunkingConfig(
                     config.chunk_seconds, config.chunk_overlap_seconds, config.chunk_batch_size
                 ),
+                log_level=config.log_level,
+                log_format=config.log_format,
             ),
             max_pending=config.max_queued_requests,
-            release_thread=release_thread_resources,
+            recycle=RecyclePolicy(
+                max_requests=config.worker_max_requests,
+                max_memory_bytes=config.worker_max_memory_mb * 1024 * 1024,
+            ),
+            on_serving=self._serving,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # A little headroom over the audio limit for the rest of the request.
@@ -60,7 +64,7 @@ class Server:
         )
         self.caches = Caches.from_config(config)
         pb_grpc.add_TranscriptionServiceServicer_to_server(
-            TranscriptionService(self.worker, config, self.caches), self.grpc
+            TranscriptionService(self.models, config, self.caches), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -86,11 +90,10 @@ class Server:
             self.config.model,
         )
         started = time.perf_counter()
-        engine = await self.worker.start()
-        info = engine.info
+        info = await self.models.start()
         log.info(
             "model loaded model=%s kind=%s dtype=%s device=%s blas=%s params=%d "
-            "load=%.2fs warmup=%.2fs rss=%.0fMB",
+            "load=%.2fs warmup=%.2fs rss=%.0fMB worker_rss=%.0fMB",
             info.model_id,
             info.kind,
             info.dtype,
@@ -100,6 +103,7 @@ class Server:
             info.load_seconds,
             info.warmup_seconds,
             rss_bytes() / 1e6,
+            self.models.worker_resident_bytes() / 1e6,
         )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -115,7 +119,15 @@ class Server:
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         await self.grpc.stop(grace)
-        await self.worker.close()
+        await self.models.close()
+
+    async def _serving(self, serving: bool) -> None:
+        """The model worker died (False) or a new one is ready (True)."""
+        await self._set_health(
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in _HEALTH_SERVICES:
@@ -138,7 +150,7 @@ async def serve(config: ServerConfig) -> int:
         except ModelLoadError as error:
             log.error("cannot start: %s", error)
             await server.grpc.stop(None)
-            await server.worker.close()
+            await server.models.close()
             return 2
         except OSError as error:
             log.error("cannot start: %s", error)

@@ -30,9 +30,10 @@ from parakeet_server.convert import (
     stream_config_from_proto,
     transcript_to_proto,
 )
-from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.model import ModelInfo
+from parakeet_server.engine.remote import RemoteEngine
 from parakeet_server.engine.settings import StreamingSettings
-from parakeet_server.engine.worker import ModelWorker
+from parakeet_server.engine.supervisor import Supervisor, WorkerProcess
 from parakeet_server.errors import (
     AudioTooLong,
     DeadlineExceeded,
@@ -74,6 +75,7 @@ _MODEL_KINDS = {
 class _Job:
     """A decoded unary request on its way through the model, and what it has cost so far."""
 
+    model: WorkerProcess
     recording: Recording
     options: TranscriptionOptions
     deadline: float | None
@@ -100,6 +102,13 @@ class _Job:
         )
 
 
+def _engine_of(model: WorkerProcess) -> RemoteEngine:
+    engine = model.engine
+    if engine is None:  # closed between the lease and now
+        raise ModelUnavailable("the model worker is restarting; retry in a moment")
+    return engine
+
+
 def status_for(error: ParakeetError) -> grpc.StatusCode:
     for kind, code in _STATUS.items():
         if isinstance(error, kind):
@@ -110,10 +119,8 @@ def status_for(error: ParakeetError) -> grpc.StatusCode:
 class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
     """parakeet.v1.TranscriptionService over one ModelWorker."""
 
-    def __init__(
-        self, worker: ModelWorker[ParakeetEngine], config: ServerConfig, caches: Caches
-    ) -> None:
-        self._worker = worker
+    def __init__(self, models: Supervisor, config: ServerConfig, caches: Caches) -> None:
+        self._models = models
         self._config = config
         self._caches = caches
         self._recordings = RecordingLoader(
@@ -156,16 +163,17 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_id: str,
         started: float,
     ) -> pb.TranscribeResponse:
-        job = await self._decode(request, context, request_id, "Transcribe")
-        async for step in self._steps(job, segments=False):
-            if step.transcript is not None:
-                figures = job.figures(step.transcript, started)
-                self._log_done("Transcribe", request_id, context, job, figures)
-                return pb.TranscribeResponse(
-                    transcript=transcript_to_proto(step.transcript),
-                    metrics=metrics_to_proto(figures),
-                    request_id=request_id,
-                )
+        async with self._models.lease() as model:
+            job = await self._decode(request, context, request_id, "Transcribe", model)
+            async for step in self._steps(job, segments=False):
+                if step.transcript is not None:
+                    figures = job.figures(step.transcript, started)
+                    self._log_done("Transcribe", request_id, context, job, figures)
+                    return pb.TranscribeResponse(
+                        transcript=transcript_to_proto(step.transcript),
+                        metrics=metrics_to_proto(figures),
+                        request_id=request_id,
+                    )
         raise AssertionError("the transcription ended without a transcript")
 
     async def TranscribeLong(
@@ -174,20 +182,21 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         try:
-            job = await self._decode(request, context, request_id, "TranscribeLong")
-            # The total first, so that a client can show a progress bar from the start.
-            yield pb.TranscribeLongResponse(
-                audio_total_seconds=job.audio.duration_seconds, request_id=request_id
-            )
-            async for step in self._steps(job, segments=True):
-                response = progress_to_proto(step, request_id)
-                if step.transcript is not None:
-                    figures = job.figures(step.transcript, started)
-                    self._log_done("TranscribeLong", request_id, context, job, figures)
-                    response.is_final = True
-                    response.transcript.CopyFrom(transcript_to_proto(step.transcript))
-                    response.metrics.CopyFrom(metrics_to_proto(figures))
-                yield response
+            async with self._models.lease() as model:
+                job = await self._decode(request, context, request_id, "TranscribeLong", model)
+                # The total first, so that a client can show a progress bar from the start.
+                yield pb.TranscribeLongResponse(
+                    audio_total_seconds=job.audio.duration_seconds, request_id=request_id
+                )
+                async for step in self._steps(job, segments=True):
+                    response = progress_to_proto(step, request_id)
+                    if step.transcript is not None:
+                        figures = job.figures(step.transcript, started)
+                        self._log_done("TranscribeLong", request_id, context, job, figures)
+                        response.is_final = True
+                        response.transcript.CopyFrom(transcript_to_proto(step.transcript))
+                        response.metrics.CopyFrom(metrics_to_proto(figures))
+                    yield response
         except ParakeetError as error:
             await self._abort(context, "TranscribeLong", request_id, status_for(error), str(error))
         except Exception:
@@ -207,9 +216,10 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         context: Context,
         request_id: str,
         rpc: str,
+        model: WorkerProcess,
     ) -> _Job:
         """Decodes the request's audio (the first part of every unary transcription)."""
-        engine = self._ready_engine()
+        engine = _engine_of(model)
         log.debug(
             "request id=%s rpc=%s received bytes=%d peer=%s",
             request_id,
@@ -233,7 +243,9 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             max_seconds=self._config.max_audio_seconds,
             options=options,
         )
-        return _Job(recording, options, deadline, decode_seconds=time.perf_counter() - started)
+        return _Job(
+            model, recording, options, deadline, decode_seconds=time.perf_counter() - started
+        )
 
     async def _steps(self, job: _Job, *, segments: bool) -> AsyncIterator[Progress]:
         """Runs the transcription one batch of chunks per model job, so that streams and other
@@ -252,20 +264,25 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                 transcript=known,
             )
             return
-        engine = self._ready_engine()
+        engine = _engine_of(job.model)
         steps = engine.transcribe_steps(job.audio.samples, job.options, segments=segments)
-        while True:
-            timed = await self._worker.run(lambda _: next(steps, None), deadline=job.deadline)
-            job.queue_seconds += timed.queue_seconds
-            job.inference_seconds += timed.run_seconds
-            if timed.value is None:
-                return
-            job.chunks = timed.value.chunks_total
-            if timed.value.transcript is not None:
-                await asyncio.to_thread(
-                    self._recordings.remember, job.recording, timed.value.transcript
+        try:
+            while True:
+                timed = await job.model.worker.run(
+                    lambda _: next(steps, None), deadline=job.deadline
                 )
-            yield timed.value
+                job.queue_seconds += timed.queue_seconds
+                job.inference_seconds += timed.run_seconds
+                if timed.value is None:
+                    return
+                job.chunks = timed.value.chunks_total
+                if timed.value.transcript is not None:
+                    await asyncio.to_thread(
+                        self._recordings.remember, job.recording, timed.value.transcript
+                    )
+                yield timed.value
+        finally:
+            engine.release(steps)
 
     def _log_done(
         self, rpc: str, request_id: str, context: Context, job: _Job, figures: RequestFigures
@@ -288,7 +305,6 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         live: LiveTranscription | None = None
         reader: asyncio.Task[None] | None = None
         try:
-            engine = self._ready_engine()
             first = await self._next_request(request_iterator)
             kind = first.WhichOneof("request") if first is not None else None
             if first is None or kind != "config":
@@ -297,9 +313,10 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                     + ("it carried audio" if kind == "audio" else "none arrived")
                 )
             config = stream_config_from_proto(first.config)
-            limits = self._stream_limits(engine)
-            async with self._streams.hold():
-                live = LiveTranscription(self._worker, engine, config, limits)
+            async with self._models.lease() as model, self._streams.hold():
+                engine = _engine_of(model)
+                limits = self._stream_limits(engine.info)
+                live = LiveTranscription(model.worker, engine, config, limits)
                 log.debug("request id=%s rpc=StreamingTranscribe opened", request_id)
                 reader = asyncio.create_task(self._read_stream(request_iterator, live))
                 while (partial := await live.next_partial()) is not None:
@@ -340,12 +357,6 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                 f"(--max-message-bytes) is {limit} bytes"
             )
 
-    def _ready_engine(self) -> ParakeetEngine:
-        engine = self._worker.engine
-        if engine is None:
-            raise ModelUnavailable("the model is still loading; retry when health is SERVING")
-        return engine
-
     async def _next_request(
         self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
     ) -> pb.StreamingTranscribeRequest | None:
@@ -380,9 +391,9 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         except ParakeetError as error:
             live.fail(error)
 
-    def _stream_limits(self, engine: ParakeetEngine) -> StreamLimits:
+    def _stream_limits(self, info: ModelInfo) -> StreamLimits:
         if self._limits is None:
-            frame = engine.info.frame_seconds
+            frame = info.frame_seconds
             config = self._config
             self._limits = StreamLimits(
                 max_seconds=config.max_stream_seconds,
@@ -406,29 +417,34 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             max_request_bytes=self._config.max_message_bytes,
             max_audio_seconds=self._config.max_audio_seconds,
         )
-        engine = self._worker.engine
-        if engine is not None:
-            info = engine.info
+        info = self._models.info
+        current = self._models.current
+        if info is not None:
             response.model_kind = _MODEL_KINDS.get(info.kind, pb.MODEL_KIND_UNSPECIFIED)
             response.sample_rate_hertz = info.sample_rate
             response.vocabulary_size = info.vocabulary_size
             response.dtype = info.dtype
-            response.warm = True
+            response.warm = current is not None
             response.load_duration.CopyFrom(duration(info.load_seconds))
             response.warmup_duration.CopyFrom(duration(info.warmup_seconds))
             response.device = info.device
             response.blas = info.blas
             response.parameter_count = info.parameter_count
             response.library_versions.update(info.library_versions)
-            active, cached = engine.memory()
+        if current is not None and current.engine is not None:
+            active, cached = current.engine.memory()
             response.mlx_active_memory_bytes = active
             response.mlx_cache_memory_bytes = cached
+            response.worker_pid = current.pid
+            response.worker_resident_memory_bytes = current.resident_bytes()
+        response.worker_restarts = self._models.restarts
+        response.worker_recycles = self._models.recycles
         response.resident_memory_bytes = rss_bytes()
         response.active_streams = self._streams.active
         response.max_streams = self._config.max_streams
-        if engine is not None:
-            settings = self._stream_limits(engine).settings
-            frame = engine.info.frame_seconds
+        if info is not None:
+            settings = self._stream_limits(info).settings
+            frame = info.frame_seconds
             response.stream_block.CopyFrom(duration(settings.block_frames * frame))
             response.stream_lookahead.CopyFrom(duration(settings.lookahead_frames * frame))
         response.auto_full_context_limit.CopyFrom(duration(self._config.auto_full_context_seconds))

@@ -15,20 +15,22 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from parakeet_server.audio import Encoding, PcmStream
-from parakeet_server.engine.model import ParakeetEngine
+from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.engine.settings import StreamingSettings
 from parakeet_server.engine.worker import ModelWorker, Timed
 from parakeet_server.errors import AudioTooLong, InvalidRequest, Overloaded
 from parakeet_server.metrics import RequestFigures
-from parakeet_server.transcript import DecodingMethod, Transcript, TranscriptionOptions
-
-if TYPE_CHECKING:
-    from parakeet_server.engine.streaming import StreamingSession
+from parakeet_server.transcript import (
+    BlockResult,
+    DecodingMethod,
+    Transcript,
+    TranscriptionOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ class LiveTranscription:
 
     def __init__(
         self,
-        worker: ModelWorker[ParakeetEngine],
-        engine: ParakeetEngine,
+        worker: ModelWorker[Any],
+        engine: TranscriptionEngine,
         config: StreamConfig,
         limits: StreamLimits,
     ) -> None:
@@ -126,7 +128,7 @@ class LiveTranscription:
         self._pending: list[np.ndarray] = []  # converted, not yet given to the session
         self._kept: list[np.ndarray] | None = []  # everything, while full context may be used
         self._samples = 0
-        self._session: StreamingSession | None = None
+        self._session: object | None = None  # the engine's handle of this stream
         self._streaming = not (
             config.mode is FinalizationMode.FULL_CONTEXT and not config.interim_results
         )
@@ -224,24 +226,21 @@ class LiveTranscription:
 
     async def _run_block(self) -> Partial:
         samples = self._take_pending()
-
-        def job(engine: ParakeetEngine) -> tuple[int, float]:
-            session = self._open(engine)
-            session.accept(samples)
-            if session.pending_blocks():
-                session.step()
-            return session.samples_for_next_block(), session.committed_seconds
-
-        timed = await self._run(job)
+        timed = await self._run(lambda engine: engine.stream_block(self._open(engine), samples))
+        result: BlockResult = timed.value
         self.blocks += 1
         self._block_max = max(self._block_max, timed.run_seconds)
-        self._next_block_at, self._committed_seconds = timed.value
+        self._next_block_at, self._committed_seconds = (
+            result.next_block_at,
+            result.committed_seconds,
+        )
         if self._backlog() <= self._max_backlog:
             self._room.set()
-        self._update_texts()
+        self._update_texts(result)
         return Partial(self._finalized, self._draft, self._committed_seconds)
 
-    def _open(self, engine: ParakeetEngine) -> StreamingSession:
+    def _open(self, engine: TranscriptionEngine) -> object:
+        """The stream's session in the engine, opened by the first job (on the model's thread)."""
         if self._session is None:
             self._session = engine.open_stream(self._limits.settings)
         return self._session
@@ -251,18 +250,14 @@ class LiveTranscription:
         self._pending = []
         return np.concatenate(pending) if pending else np.zeros(0, np.float32)
 
-    async def _run(self, job: Callable[[ParakeetEngine], Any]) -> Timed[Any]:
+    async def _run(self, job: Callable[[TranscriptionEngine], Any]) -> Timed[Any]:
         timed: Timed[Any] = await self._worker.run(job)
         self._queue_seconds += timed.queue_seconds
         self._run_seconds += timed.run_seconds
         return timed
 
-    def _update_texts(self) -> None:
-        session = self._session
-        if session is None:
-            return
-        committed = self._engine.text(session.tokens)
-        whole = self._engine.text(session.tokens + session.draft)
+    def _update_texts(self, result: BlockResult) -> None:
+        committed, whole = result.committed_text, result.whole_text
         if self._full_context:
             # The final text will come from a full-context pass: nothing is final before it.
             self._draft = whole
@@ -290,15 +285,11 @@ class LiveTranscription:
             finalized = transcript.text
         else:
             samples = self._take_pending()
-
-            def job(engine: ParakeetEngine) -> Transcript:
-                session = self._open(engine)
-                session.accept(samples)
-                session.finish()
-                return engine.stream_transcript(session, options)
-
-            transcript = (await self._run(job)).value
-            self._update_texts()
+            timed = await self._run(
+                lambda engine: engine.stream_finish(self._open(engine), samples, options)
+            )
+            transcript, result = timed.value
+            self._update_texts(result)
             finalized = self._finalized
         self._draft = ""
         figures = RequestFigures(
@@ -318,7 +309,9 @@ class LiveTranscription:
         )
 
     def close(self) -> None:
-        """Drops the session's state (MLX arrays are freed with it)."""
+        """Drops the session's state (in the model's process too)."""
+        if self._session is not None:
+            self._engine.release(self._session)
         self._session = None
         self._kept = None
         self._pending = []

@@ -66,3 +66,13 @@ class Progress:
     chunks_done: int
     chunks_total: int
     transcript: Transcript | None = None
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """A live stream after one more block: where the next one starts, and its texts so far."""
+
+    next_block_at: int  # input samples after which the next block can run
+    committed_seconds: float
+    committed_text: str  # text of the committed tokens (final)
+    whole_text: str  # committed text and the draft after it

@@ -19,9 +19,10 @@ import numpy as np
 from parakeet_server.engine.blas import BlasChoice, use_fast_blas
 from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
 from parakeet_server.engine.malloc import release_free_heap
-from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
+from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings, samples_needed
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import (
+    BlockResult,
     DecodingMethod,
     Progress,
     Segment,
@@ -53,10 +54,25 @@ class ModelInfo:
     parameter_count: int
     min_samples: int
     frame_seconds: float  # one encoder frame
+    # The feature front end, for scheduling stream blocks without the model at hand.
+    hop_length: int
+    win_length: int
+    n_fft: int
+    subsampling: int
     load_seconds: float
     warmup_seconds: float = 0.0
     matmul_gflops: float = 0.0
     library_versions: dict[str, str] = field(default_factory=dict)
+
+    def samples_for_frames(self, frames: int) -> int:
+        """Input samples after which the first `frames` encoder frames can be computed."""
+        return samples_needed(
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            n_fft=self.n_fft,
+            subsampling=self.subsampling,
+            frames=frames,
+        )
 
 
 def _library_versions() -> dict[str, str]:
@@ -129,6 +145,10 @@ class ParakeetEngine:
             parameter_count=sum(v.size for _, v in _flatten(model.parameters())),
             min_samples=min_samples,
             frame_seconds=float(model.time_ratio),
+            hop_length=preprocessor.hop_length,
+            win_length=preprocessor.win_length,
+            n_fft=preprocessor.n_fft,
+            subsampling=model.encoder_config.subsampling_factor,
             load_seconds=load_seconds,
             matmul_gflops=_matmul_gflops() if device == "cpu" else 0.0,
             library_versions=_library_versions(),
@@ -217,11 +237,7 @@ class ParakeetEngine:
 
     def samples_for_frames(self, frames: int) -> int:
         """Input samples after which the first `frames` encoder frames can be computed."""
-        from parakeet_server.engine.streaming import samples_needed
-
-        return samples_needed(
-            self._model.preprocessor_config, self._model.encoder_config.subsampling_factor, frames
-        )
+        return self.info.samples_for_frames(frames)
 
     def open_stream(self, settings: StreamingSettings) -> StreamingSession:
         """A new live stream on this model; the model itself is not changed."""
@@ -230,18 +246,43 @@ class ParakeetEngine:
         shared = self._stream_tables.setdefault(settings, {})
         return StreamingSession(self._model, settings, shared)
 
-    def stream_transcript(
-        self, session: StreamingSession, options: TranscriptionOptions
-    ) -> Transcript:
-        """The finished stream's transcript; releases the memory the stream used."""
+    def stream_block(self, session: StreamingSession, samples: np.ndarray) -> BlockResult:
+        """Adds a live stream's new samples and runs its next block if it can."""
+        session.accept(samples)
+        if session.pending_blocks():
+            session.step()
+        return self._block_result(session)
+
+    def stream_finish(
+        self, session: StreamingSession, samples: np.ndarray, options: TranscriptionOptions
+    ) -> tuple[Transcript, BlockResult]:
+        """Ends a live stream with its last samples: its transcript and final texts. Releases
+        the memory the stream used."""
         import mlx.core as mx
 
         try:
+            session.accept(samples)
+            session.finish()
             config = self._decoding_config(replace(options, decoding=DecodingMethod.GREEDY))
-            return session.transcript(config.sentence, word_timestamps=options.word_timestamps)
+            transcript = session.transcript(
+                config.sentence, word_timestamps=options.word_timestamps
+            )
+            return transcript, self._block_result(session)
         finally:
             mx.clear_cache()
             release_free_heap()
+
+    def release(self, handle: object) -> None:
+        """Forgets a stream or stepwise transcription that will not be used again (here, in
+        process, the garbage collector does it)."""
+
+    def _block_result(self, session: StreamingSession) -> BlockResult:
+        return BlockResult(
+            next_block_at=session.samples_for_next_block(),
+            committed_seconds=session.committed_seconds,
+            committed_text=self.text(session.tokens),
+            whole_text=self.text(session.tokens + session.draft),
+        )
 
     def memory(self) -> tuple[int, int]:
         """Bytes MLX holds in live arrays and in its reuse cache; safe from any thread."""

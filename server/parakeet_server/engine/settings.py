@@ -35,3 +35,11 @@ class StreamingSettings:
     def __post_init__(self) -> None:
         if self.block_frames < 1 or self.lookahead_frames < 0 or self.left_context_frames < 1:
             raise ValueError("block >= 1, look-ahead >= 0 and left context >= 1 frames")
+
+
+def samples_needed(
+    *, hop_length: int, win_length: int, n_fft: int, subsampling: int, frames: int
+) -> int:
+    """Input samples after which encoder frame `frames - 1` has its whole receptive field."""
+    last_mel = (frames + 1) * subsampling - 1
+    return int(last_mel * hop_length + win_length - n_fft // 2)

@@ -31,15 +31,19 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from parakeet_server.engine import settings as engine_settings
 from parakeet_server.engine.settings import StreamingSettings
 from parakeet_server.transcript import Transcript
 
 
 def samples_needed(preprocessor: Any, subsampling: int, frames: int) -> int:
     """Input samples after which encoder frame `frames - 1` has its whole receptive field."""
-    last_mel = (frames + 1) * subsampling - 1
-    return int(
-        last_mel * preprocessor.hop_length + preprocessor.win_length - preprocessor.n_fft // 2
+    return engine_settings.samples_needed(
+        hop_length=preprocessor.hop_length,
+        win_length=preprocessor.win_length,
+        n_fft=preprocessor.n_fft,
+        subsampling=subsampling,
+        frames=frames,
     )
 
 

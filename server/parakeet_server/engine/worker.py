@@ -68,6 +68,7 @@ class ModelWorker(Generic[E]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._engine: E | None = None
         self._closed = False
+        self._closed_because = "the server is shutting down"
 
     @property
     def engine(self) -> E | None:
@@ -107,7 +108,7 @@ class ModelWorker(Generic[E]):
         """
         if self._engine is None or self._closed:
             raise ModelUnavailable(
-                "the model is not loaded yet" if not self._closed else "the server is shutting down"
+                "the model is not loaded yet" if not self._closed else self._closed_because
             )
         with self._lock:
             if self._pending >= self._max_pending:
@@ -150,13 +151,16 @@ class ModelWorker(Generic[E]):
         engine.close()
         self._release_thread()
 
-    async def close(self, timeout: float = 30.0) -> None:
-        """Refuses new jobs, drops queued ones, and closes the engine on the model thread.
+    async def close(self, timeout: float = 30.0, *, because: str | None = None) -> None:
+        """Refuses new jobs (with `because` as the reason), drops queued ones, and closes the
+        engine on the model thread.
 
         Native runtimes (MLX) must release a thread's resources on that very thread before
         the interpreter exits, or the process aborts during finalization.
         """
         self._closed = True
+        if because is not None:
+            self._closed_because = because
         engine = self._engine
         if engine is not None:
             closing = self._executor.submit(self._close_on_thread, engine)

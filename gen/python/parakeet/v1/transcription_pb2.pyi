@@ -242,7 +242,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit", "chunk_length", "chunk_overlap", "audio_cache", "transcript_cache")
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit", "chunk_length", "chunk_overlap", "audio_cache", "transcript_cache", "worker_pid", "worker_restarts", "worker_recycles", "worker_resident_memory_bytes")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,10 @@ class GetServerInfoResponse(_message.Message):
     CHUNK_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CACHE_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_CACHE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RECYCLES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_kind: ModelKind
     sample_rate_hertz: int
@@ -306,7 +310,11 @@ class GetServerInfoResponse(_message.Message):
     chunk_overlap: _duration_pb2.Duration
     audio_cache: CacheStats
     transcript_cache: CacheStats
-    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ...) -> None: ...
+    worker_pid: int
+    worker_restarts: int
+    worker_recycles: int
+    worker_resident_memory_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., worker_pid: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., worker_recycles: _Optional[int] = ..., worker_resident_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class CacheStats(_message.Message):
     __slots__ = ("max_bytes", "bytes", "entries", "hits", "misses", "evictions", "disk_hits", "disk_rejected", "disk_errors")

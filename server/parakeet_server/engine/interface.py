@@ -1,0 +1,46 @@
+"""The narrow interface the server needs from a model backend, in-process or not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from parakeet_server.engine.model import ModelInfo
+from parakeet_server.engine.settings import StreamingSettings
+from parakeet_server.transcript import BlockResult, Progress, Transcript, TranscriptionOptions
+
+
+class TranscriptionEngine(Protocol):
+    """A loaded model. Only the model worker's thread calls the methods, except `info`,
+    `samples_for_frames`, `release` and `memory`, which any thread may use."""
+
+    info: ModelInfo
+
+    def warm_up(self) -> float: ...
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript: ...
+
+    def transcribe_steps(
+        self, samples: np.ndarray, options: TranscriptionOptions, *, segments: bool = True
+    ) -> Iterator[Progress]: ...
+
+    def samples_for_frames(self, frames: int) -> int: ...
+
+    def open_stream(self, settings: StreamingSettings) -> object:
+        """A handle for a new live stream, passed back to stream_block and stream_finish."""
+
+    def stream_block(self, session: object, samples: np.ndarray) -> BlockResult: ...
+
+    def stream_finish(
+        self, session: object, samples: np.ndarray, options: TranscriptionOptions
+    ) -> tuple[Transcript, BlockResult]: ...
+
+    def release(self, handle: object) -> None:
+        """Forgets a stream or a stepwise transcription that will not be used again."""
+
+    def memory(self) -> tuple[int, int]:
+        """Bytes MLX holds in live arrays and in its reuse cache."""
+
+    def close(self) -> None: ...
