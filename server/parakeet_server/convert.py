@@ -181,7 +181,7 @@ def stream_config_from_proto(config: pb.StreamingConfig) -> StreamConfig:
             "a stream carries raw PCM: set format.encoding to ENCODING_LINEAR16 or "
             "ENCODING_FLOAT32, and format.sample_rate_hertz (container files go to Transcribe)"
         )
-    if config.format.channel_count > MAX_STREAM_CHANNELS:
+    if not 0 <= config.format.channel_count <= MAX_STREAM_CHANNELS:
         raise InvalidRequest(
             f"format.channel_count {config.format.channel_count}: streams take 1 or 2 channels"
         )

@@ -21,6 +21,10 @@ class Overloaded(ParakeetError):
     """Too much work is queued; the client should retry later."""
 
 
+class RequestTooLarge(ParakeetError):
+    """A message carries more audio than the server's message limit."""
+
+
 class ModelUnavailable(ParakeetError):
     """The model is not loaded (yet), or the server is shutting down."""
 

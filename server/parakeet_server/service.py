@@ -42,6 +42,7 @@ from parakeet_server.errors import (
     ModelUnavailable,
     Overloaded,
     ParakeetError,
+    RequestTooLarge,
 )
 from parakeet_server.logs import request_fields
 from parakeet_server.metrics import RequestFigures, rss_bytes
@@ -58,6 +59,7 @@ _STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     AudioTooLong: grpc.StatusCode.OUT_OF_RANGE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -226,6 +228,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             len(request.audio),
             context.peer(),
         )
+        self._check_size(request.audio)
         options = options_from_proto(request.options)
         encoding = encoding_from_proto(request.format.encoding)
         remaining = context.time_remaining()
@@ -358,6 +361,15 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             if live is not None:
                 live.close()
 
+    def _check_size(self, audio: bytes) -> None:
+        # gRPC's own limit has headroom for the other fields; the audio itself gets none.
+        limit = self._config.max_message_bytes
+        if len(audio) > limit:
+            raise RequestTooLarge(
+                f"the message carries {len(audio)} bytes of audio; the server's limit "
+                f"(--max-message-bytes) is {limit} bytes"
+            )
+
     async def _next_request(
         self, requests: AsyncIterator[pb.StreamingTranscribeRequest]
     ) -> pb.StreamingTranscribeRequest | None:
@@ -385,6 +397,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                         "has one"
                     )
                 if kind == "audio":
+                    self._check_size(request.audio)
                     live.add_audio(request.audio)
                     await live.wait_for_room()
             live.end_input()
