@@ -258,16 +258,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for seconds in args.lengths:
         base = floor[seconds]
-        cold, warm, hit = served[seconds]
+        cold, warm, warm_inside, hit = served[seconds]
+        hit_note = "cache hit" if hit else "no hit"
         rows = [
             Row(seconds, "floor: generate on mel", base),
             Row(seconds, "server: Transcribe, cold", cold, base),
-            Row(
-                seconds,
-                f"server: Transcribe, warm ({'cache hit' if hit else 'no hit'})",
-                warm,
-                base,
-            ),
+            Row(seconds, f"server: Transcribe, warm ({hit_note}), at the client", warm),
+            Row(seconds, f"server: Transcribe, warm ({hit_note}), in the server", warm_inside),
         ]
         if seconds in batched:
             rows.append(
@@ -288,10 +285,11 @@ def main() -> None:
         extra = served[5][0] - floor[5]
         ok = extra < max(0.05 * floor[5], 0.005)
         print(f"target server overhead at 5 s < max(5%, 5 ms): {extra * 1000:+.1f} ms -> {_ok(ok)}")
-    worst_warm = max(warm for _, warm, _ in served.values())
+    worst_warm = max(warm for _, warm, _, _ in served.values())
+    worst_inside = max(inside for _, _, inside, _ in served.values())
     print(
-        f"target warm-cache hit < 5 ms at every length: worst {worst_warm * 1000:.1f} ms -> "
-        f"{_ok(worst_warm < 0.005)}"
+        f"target warm-cache hit < 5 ms at every length: worst {worst_warm * 1000:.1f} ms at the "
+        f"client, {worst_inside * 1000:.1f} ms in the server -> {_ok(worst_warm < 0.005)}"
     )
     if long_lengths and 30 in served:
         rtf30 = served[30][0] / 30

@@ -147,15 +147,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         except ParakeetError as error:
             await self._abort(context, "Transcribe", request_id, status_for(error), str(error))
         except Exception:
-            log.exception("request id=%s rpc=Transcribe failed unexpectedly", request_id)
-            await self._abort(
-                context,
-                "Transcribe",
-                request_id,
-                grpc.StatusCode.INTERNAL,
-                f"internal error while transcribing (request id {request_id}); "
-                "the server log has the details",
-            )
+            await self._internal_error(context, "Transcribe", request_id)
 
     async def _transcribe(
         self,
@@ -201,15 +193,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         except ParakeetError as error:
             await self._abort(context, "TranscribeLong", request_id, status_for(error), str(error))
         except Exception:
-            log.exception("request id=%s rpc=TranscribeLong failed unexpectedly", request_id)
-            await self._abort(
-                context,
-                "TranscribeLong",
-                request_id,
-                grpc.StatusCode.INTERNAL,
-                f"internal error while transcribing (request id {request_id}); "
-                "the server log has the details",
-            )
+            await self._internal_error(context, "TranscribeLong", request_id)
 
     async def _decode(
         self,
@@ -355,6 +339,8 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             await self._abort(
                 context, "StreamingTranscribe", request_id, status_for(error), str(error)
             )
+        except Exception:
+            await self._internal_error(context, "StreamingTranscribe", request_id)
         finally:
             if reader is not None:
                 reader.cancel()
@@ -466,6 +452,18 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         response.audio_cache.CopyFrom(cache_stats_to_proto(self._caches.audio.stats()))
         response.transcript_cache.CopyFrom(cache_stats_to_proto(self._caches.transcripts.stats()))
         return response
+
+    async def _internal_error(self, context: Context, rpc: str, request_id: str) -> NoReturn:
+        """A bug, not bad input: logged with its traceback (call from an except block)."""
+        log.exception("request id=%s rpc=%s failed unexpectedly", request_id, rpc)
+        await self._abort(
+            context,
+            rpc,
+            request_id,
+            grpc.StatusCode.INTERNAL,
+            f"internal error while transcribing (request id {request_id}); "
+            "the server log has the details",
+        )
 
     async def _abort(
         self,
