@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -176,3 +178,64 @@ def test_memory_stays_flat_over_200_requests(tdt_checkpoint: Path, tmp_path: Pat
         assert growth_mb < 15, f"RSS grew {growth_mb:.1f} MB over 200 requests"
     finally:
         assert server.stop() == 0
+
+
+def test_sigint_drains_a_stream_refuses_new_calls_and_leaves_nothing_behind(
+    tdt_checkpoint: Path, tmp_path: Path
+) -> None:
+    cache, scratch = tmp_path / "cache", tmp_path / "tmp"
+    scratch.mkdir()
+    server = start_server(
+        tdt_checkpoint,
+        tmp_path,
+        "--cache-dir",
+        str(cache),
+        env={"TMPDIR": str(scratch)},
+    )
+    worker = server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
+    pcm = np.random.default_rng(5).normal(0, 3000, 16000 * 3).astype("<i2").tobytes()
+    interrupted = threading.Event()
+    config = pb.StreamingConfig(
+        format=pb.AudioFormat(encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000),
+        finalization_mode=pb.FINALIZATION_MODE_STREAMING,
+    )
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield pb.StreamingTranscribeRequest(config=config)
+        yield pb.StreamingTranscribeRequest(audio=pcm[: len(pcm) // 2])
+        interrupted.wait(30)
+        yield pb.StreamingTranscribeRequest(audio=pcm[len(pcm) // 2 :])
+
+    stub = server.stub()
+    outcome: list[object] = []
+    streamer = threading.Thread(
+        target=lambda: outcome.append(list(stub.StreamingTranscribe(requests(), timeout=60)))
+    )
+    streamer.start()
+    # A request that writes the disk cache, and the stream surely open at the server.
+    transcribe(stub, pcm, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000)
+    _wait_for_active_stream(server)
+    server.process.send_signal(signal.SIGINT)
+    server.wait_for(re.compile(r"shutting down"))
+    with pytest.raises(grpc.RpcError) as refused:
+        transcribe(server.stub(), pcm, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    interrupted.set()
+    streamer.join(60)
+    assert server.process.wait(60) == 0, server.log()
+    responses = outcome[0]
+    assert isinstance(responses, list)
+    assert responses[-1].is_final  # the open stream got its final result
+    assert not Path(f"/proc/{worker}").exists()
+    assert list(scratch.iterdir()) == []
+    assert not [p for p in cache.rglob(".tmp-*")]  # the disk cache's half-written files
+
+
+def _wait_for_active_stream(server: RunningServer, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    stub = server.stub()
+    while time.monotonic() < deadline:
+        if stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).active_streams:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the stream never opened")

@@ -150,19 +150,7 @@ def test_metrics_are_off_by_default(server: RunningServer) -> None:
 
 
 def test_a_bad_metrics_address_is_refused_with_the_reason(tdt_checkpoint: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parakeet_server",
-            "--model",
-            str(tdt_checkpoint),
-            *["--metrics-address", "9464"],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _server_run(tdt_checkpoint, "--metrics-address", "9464")
     assert result.returncode == 2
     assert "metrics address" in result.stderr
     assert "HOST:PORT" in result.stderr
@@ -173,19 +161,7 @@ def test_a_metrics_port_in_use_stops_the_server_with_the_reason(tdt_checkpoint: 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "parakeet_server",
-                "--model",
-                str(tdt_checkpoint),
-                *("--port", "0", "--metrics-address", address),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _server_run(tdt_checkpoint, "--port", "0", "--metrics-address", address)
     assert result.returncode == 2
     assert f"cannot serve metrics on {address}: Address already in use" in result.stderr
 
@@ -233,3 +209,13 @@ def test_cache_stats_registered_later_are_exported() -> None:
     assert families["parakeet_cache_max_bytes"].value == 1000
     assert families["parakeet_cache_disk_rejected_total"].value == 0
     assert families["parakeet_model_queue_depth"].value == 4
+
+
+def _server_run(model: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Runs a server that is expected to refuse to start; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "parakeet_server", "--model", str(model), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -23,8 +23,9 @@ from parakeet_server.engine.child import WorkerSpec
 from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.engine.supervisor import RecyclePolicy, Supervisor
 from parakeet_server.errors import ModelLoadError
+from parakeet_server.grpc_types import ServerInterceptor
 from parakeet_server.metrics import rss_bytes
-from parakeet_server.metrics_interceptor import MetricsInterceptor, ServerInterceptor
+from parakeet_server.metrics_interceptor import MetricsInterceptor
 from parakeet_server.prometheus import MetricsEndpoint, ServerMetrics
 from parakeet_server.service import TranscriptionService
 
