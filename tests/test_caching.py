@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,3 +181,59 @@ def test_caches_can_be_turned_off(tdt_checkpoint: Path, tmp_path: Path) -> None:
     assert results[0].transcript == results[1].transcript
     assert info.audio_cache.max_bytes == info.transcript_cache.max_bytes == 0
     assert info.audio_cache.hits == info.audio_cache.misses == 0
+
+
+def test_audio_named_by_its_digest_needs_no_upload(cached_server: RunningServer) -> None:
+    stub = cached_server.stub()
+    audio = _noise(9)
+    raw = pb.AudioFormat(encoding=pb.AudioFormat.ENCODING_FLOAT32, sample_rate_hertz=16000)
+    digest = hashlib.sha256(audio).digest()
+    unknown = pb.TranscribeRequest(audio_sha256=digest, format=raw)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Transcribe(unknown, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "send the request again with the audio" in (caught.value.details() or "")
+    uploaded = stub.Transcribe(
+        pb.TranscribeRequest(audio=audio, audio_sha256=digest, format=raw), timeout=60
+    )
+    by_digest = stub.Transcribe(unknown, timeout=30)
+    assert by_digest.metrics.cache_hit
+    assert by_digest.transcript == uploaded.transcript
+    assert by_digest.metrics.audio_seconds == uploaded.metrics.audio_seconds
+    # Other options: the audio is still known, so the model runs without an upload.
+    with_words = stub.Transcribe(
+        pb.TranscribeRequest(
+            audio_sha256=digest, format=raw, options=pb.TranscriptionOptions(word_timestamps=True)
+        ),
+        timeout=60,
+    )
+    assert with_words.metrics.audio_cache_hit
+    assert not with_words.metrics.cache_hit
+    long = list(stub.TranscribeLong(pb.TranscribeLongRequest(audio_sha256=digest, format=raw)))
+    assert long[-1].transcript == uploaded.transcript
+    # The same digest in another format is other audio.
+    as_container = pb.TranscribeRequest(audio_sha256=digest)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Transcribe(as_container, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("digest", "message"),
+    [
+        (hashlib.sha256(b"other bytes").digest(), "is not the SHA-256 of the audio sent"),
+        (b"\x01" * 16, "must be the 32-byte SHA-256"),
+    ],
+)
+def test_a_wrong_digest_is_invalid_argument(
+    cached_server: RunningServer, digest: bytes, message: str
+) -> None:
+    request = pb.TranscribeRequest(
+        audio=_noise(10),
+        audio_sha256=digest,
+        format=pb.AudioFormat(encoding=pb.AudioFormat.ENCODING_FLOAT32, sample_rate_hertz=16000),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        cached_server.stub().Transcribe(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")

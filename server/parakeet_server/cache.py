@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 V = TypeVar("V")
 
 # Bump to orphan every key (and so every file on disk) when what a key covers changes.
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 # Libraries whose upgrade may change a result: their versions are part of the keys, so a disk
 # cache kept across an upgrade never serves what the new code would not give.
 _AUDIO_LIBRARIES = ("numpy", "soundfile", "av", "soxr")
@@ -199,11 +199,24 @@ class LruCache(Generic[V]):
 def audio_key(
     audio: bytes, *, encoding: Encoding, sample_rate: int, channels: int, target_rate: int
 ) -> str:
-    """SHA-256 (hex) of the audio bytes and everything `decode_audio` reads besides them.
+    """SHA-256 (hex) of the audio bytes' digest and everything `decode_audio` reads besides them.
 
     Container files carry their own rate and channels, so the request's are left out for them;
     raw channels 0 means 1, as in `decode_audio`.
     """
+    return audio_key_from_digest(
+        hashlib.sha256(audio).digest(),
+        encoding=encoding,
+        sample_rate=sample_rate,
+        channels=channels,
+        target_rate=target_rate,
+    )
+
+
+def audio_key_from_digest(
+    digest: bytes, *, encoding: Encoding, sample_rate: int, channels: int, target_rate: int
+) -> str:
+    """audio_key() from the SHA-256 of the audio alone, as a client may send it instead."""
     if encoding is Encoding.CONTAINER:
         sample_rate = channels = 0
     else:
@@ -218,11 +231,11 @@ def audio_key(
             "versions": _versions(_AUDIO_LIBRARIES),
         }
     )
-    digest = hashlib.sha256(b"parakeet-audio\0")
-    digest.update(header)
-    digest.update(b"\0")  # canonical JSON never holds a NUL: the header ends unambiguously
-    digest.update(audio)
-    return digest.hexdigest()
+    key = hashlib.sha256(b"parakeet-audio\0")
+    key.update(header)
+    key.update(b"\0")  # canonical JSON never holds a NUL: the header ends unambiguously
+    key.update(digest)
+    return key.hexdigest()
 
 
 def transcript_key(

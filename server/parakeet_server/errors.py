@@ -35,3 +35,7 @@ class DeadlineExceeded(ParakeetError):
 
 class ModelLoadError(ParakeetError):
     """The model could not be loaded at startup."""
+
+
+class AudioNotCached(ParakeetError):
+    """The request named its audio by digest, and the server does not hold that audio."""

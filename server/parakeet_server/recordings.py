@@ -5,13 +5,16 @@ Blocking (hashing, decoding, disk): call from a worker thread, never on the even
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from parakeet_server.audio import DecodedAudio, Encoding, decode_audio
-from parakeet_server.cache import Caches, audio_key, transcript_key
-from parakeet_server.errors import AudioTooLong
+from parakeet_server.cache import Caches, audio_key_from_digest, transcript_key
+from parakeet_server.errors import AudioNotCached, AudioTooLong, InvalidRequest
 from parakeet_server.transcript import Transcript, TranscriptionOptions
+
+DIGEST_BYTES = 32  # SHA-256
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +65,11 @@ class RecordingLoader:
         target_rate: int,
         max_seconds: float,
         options: TranscriptionOptions,
+        digest: bytes = b"",
     ) -> Recording:
+        """The request's audio, decoded or from the cache. With `digest` (the SHA-256 of the
+        audio) and no `data`, only the cache can answer: AudioNotCached otherwise."""
+
         def decode() -> DecodedAudio:
             return decode_audio(
                 data,
@@ -74,10 +81,28 @@ class RecordingLoader:
             )
 
         audio_cache, transcripts = self._caches.audio, self._caches.transcripts
-        if not (audio_cache.enabled or transcripts.enabled) or not data:
+        if digest and len(digest) != DIGEST_BYTES:
+            raise InvalidRequest(
+                f"audio_sha256 must be the {DIGEST_BYTES}-byte SHA-256 of the audio, not "
+                f"{len(digest)} bytes"
+            )
+        if not data and digest:
+            if not audio_cache.enabled:
+                raise AudioNotCached(
+                    "this server keeps no audio cache (--audio-cache-bytes 0): send the audio"
+                )
+        elif not (audio_cache.enabled or transcripts.enabled or digest) or not data:
             return Recording(decode())
-        key = audio_key(
-            data,
+        else:
+            actual = hashlib.sha256(data).digest()
+            if digest and digest != actual:
+                raise InvalidRequest(
+                    "audio_sha256 is not the SHA-256 of the audio sent; send the digest of "
+                    "exactly the bytes in `audio`, or leave it empty"
+                )
+            digest = actual
+        key = audio_key_from_digest(
+            digest,
             encoding=encoding,
             sample_rate=sample_rate,
             channels=channels,
@@ -95,6 +120,11 @@ class RecordingLoader:
                 chunk_overlap_seconds=shape.chunk_overlap_seconds,
             )
         samples = audio_cache.get(key)
+        if samples is None and not data:
+            raise AudioNotCached(
+                "the server holds no audio with this audio_sha256 in this format (never sent, "
+                "or evicted since): send the request again with the audio"
+            )
         if samples is not None:
             seconds = len(samples) / target_rate
             # Cached under a higher limit, perhaps: the limit of now applies.

@@ -35,6 +35,7 @@ from parakeet_server.engine.remote import RemoteEngine
 from parakeet_server.engine.settings import StreamingSettings
 from parakeet_server.engine.supervisor import Supervisor, WorkerProcess
 from parakeet_server.errors import (
+    AudioNotCached,
     AudioTooLong,
     DeadlineExceeded,
     InvalidAudio,
@@ -60,6 +61,7 @@ _STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
     AudioTooLong: grpc.StatusCode.OUT_OF_RANGE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AudioNotCached: grpc.StatusCode.NOT_FOUND,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -227,6 +229,7 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             target_rate=engine.info.sample_rate,
             max_seconds=self._config.max_audio_seconds,
             options=options,
+            digest=request.audio_sha256,
         )
         return _Job(
             model, recording, options, deadline, decode_seconds=time.perf_counter() - started

@@ -90,14 +90,16 @@ class SegmentationOptions(_message.Message):
     def __init__(self, max_words: _Optional[int] = ..., max_silence: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
-    __slots__ = ("audio", "format", "options")
+    __slots__ = ("audio", "format", "options", "audio_sha256")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_SHA256_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     format: AudioFormat
     options: TranscriptionOptions
-    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ...) -> None: ...
+    audio_sha256: bytes
+    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ..., audio_sha256: _Optional[bytes] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
     __slots__ = ("transcript", "metrics", "request_id")
@@ -110,14 +112,16 @@ class TranscribeResponse(_message.Message):
     def __init__(self, transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class TranscribeLongRequest(_message.Message):
-    __slots__ = ("audio", "format", "options")
+    __slots__ = ("audio", "format", "options", "audio_sha256")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_SHA256_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     format: AudioFormat
     options: TranscriptionOptions
-    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ...) -> None: ...
+    audio_sha256: bytes
+    def __init__(self, audio: _Optional[bytes] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ..., audio_sha256: _Optional[bytes] = ...) -> None: ...
 
 class TranscribeLongResponse(_message.Message):
     __slots__ = ("audio_processed_seconds", "audio_total_seconds", "segments", "is_final", "transcript", "metrics", "request_id")

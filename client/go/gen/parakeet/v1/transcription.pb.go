@@ -496,7 +496,13 @@ type TranscribeRequest struct {
 	// How to read `audio`. Unset: a container file.
 	Format *AudioFormat `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	// Transcription options. Unset: the defaults.
-	Options       *TranscriptionOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	Options *TranscriptionOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	// Optional SHA-256 of `audio` (32 bytes). With it, `audio` may be left empty:
+	// the server answers from its cache when it holds this audio in this format,
+	// skipping the upload, or fails with NOT_FOUND, and the client sends the
+	// request again with the audio. With `audio` present, a digest that does not
+	// match it is INVALID_ARGUMENT.
+	AudioSha256   []byte `protobuf:"bytes,4,opt,name=audio_sha256,json=audioSha256,proto3" json:"audio_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -548,6 +554,13 @@ func (x *TranscribeRequest) GetFormat() *AudioFormat {
 func (x *TranscribeRequest) GetOptions() *TranscriptionOptions {
 	if x != nil {
 		return x.Options
+	}
+	return nil
+}
+
+func (x *TranscribeRequest) GetAudioSha256() []byte {
+	if x != nil {
+		return x.AudioSha256
 	}
 	return nil
 }
@@ -625,7 +638,9 @@ type TranscribeLongRequest struct {
 	// How to read `audio`. Unset: a container file.
 	Format *AudioFormat `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	// Transcription options. Unset: the defaults.
-	Options       *TranscriptionOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	Options *TranscriptionOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	// Optional SHA-256 of `audio`, as TranscribeRequest.audio_sha256.
+	AudioSha256   []byte `protobuf:"bytes,4,opt,name=audio_sha256,json=audioSha256,proto3" json:"audio_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -677,6 +692,13 @@ func (x *TranscribeLongRequest) GetFormat() *AudioFormat {
 func (x *TranscribeLongRequest) GetOptions() *TranscriptionOptions {
 	if x != nil {
 		return x.Options
+	}
+	return nil
+}
+
+func (x *TranscribeLongRequest) GetAudioSha256() []byte {
+	if x != nil {
+		return x.AudioSha256
 	}
 	return nil
 }
@@ -1917,22 +1939,24 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\tmax_words\x18\x01 \x01(\x05R\bmaxWords\x12:\n" +
 	"\vmax_silence\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxSilence\x12<\n" +
-	"\fmax_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration\"\x98\x01\n" +
+	"\fmax_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxDuration\"\xbb\x01\n" +
 	"\x11TranscribeRequest\x12\x14\n" +
 	"\x05audio\x18\x01 \x01(\fR\x05audio\x120\n" +
 	"\x06format\x18\x02 \x01(\v2\x18.parakeet.v1.AudioFormatR\x06format\x12;\n" +
-	"\aoptions\x18\x03 \x01(\v2!.parakeet.v1.TranscriptionOptionsR\aoptions\"\xa3\x01\n" +
+	"\aoptions\x18\x03 \x01(\v2!.parakeet.v1.TranscriptionOptionsR\aoptions\x12!\n" +
+	"\faudio_sha256\x18\x04 \x01(\fR\vaudioSha256\"\xa3\x01\n" +
 	"\x12TranscribeResponse\x127\n" +
 	"\n" +
 	"transcript\x18\x01 \x01(\v2\x17.parakeet.v1.TranscriptR\n" +
 	"transcript\x125\n" +
 	"\ametrics\x18\x02 \x01(\v2\x1b.parakeet.v1.RequestMetricsR\ametrics\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"\x9c\x01\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\xbf\x01\n" +
 	"\x15TranscribeLongRequest\x12\x14\n" +
 	"\x05audio\x18\x01 \x01(\fR\x05audio\x120\n" +
 	"\x06format\x18\x02 \x01(\v2\x18.parakeet.v1.AudioFormatR\x06format\x12;\n" +
-	"\aoptions\x18\x03 \x01(\v2!.parakeet.v1.TranscriptionOptionsR\aoptions\"\xdc\x02\n" +
+	"\aoptions\x18\x03 \x01(\v2!.parakeet.v1.TranscriptionOptionsR\aoptions\x12!\n" +
+	"\faudio_sha256\x18\x04 \x01(\fR\vaudioSha256\"\xdc\x02\n" +
 	"\x16TranscribeLongResponse\x126\n" +
 	"\x17audio_processed_seconds\x18\x01 \x01(\x01R\x15audioProcessedSeconds\x12.\n" +
 	"\x13audio_total_seconds\x18\x02 \x01(\x01R\x11audioTotalSeconds\x120\n" +
