@@ -227,7 +227,9 @@ def test_sigint_drains_a_stream_refuses_new_calls_and_leaves_nothing_behind(
     assert isinstance(responses, list)
     assert responses[-1].is_final  # the open stream got its final result
     assert not Path(f"/proc/{worker}").exists()
-    assert list(scratch.iterdir()) == []
+    # MLX's CPU backend keeps the kernels it compiles in $TMPDIR/mlx for the next process: a
+    # cache by design, not a temporary file.
+    assert [p.name for p in scratch.iterdir() if p.name != "mlx"] == []
     assert not [p for p in cache.rglob(".tmp-*")]  # the disk cache's half-written files
 
 
