@@ -39,6 +39,14 @@ FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32
 MESSAGE_SECONDS = 0.1
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` alone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and all its descendants (shared pages count once per process)."""
     total = 0
@@ -199,11 +207,13 @@ def main() -> int:
         with results.lock:  # latencies count from the end of the warm-up
             results.latencies.clear()
         start_rss = tree_rss_bytes(process.pid)
+        server_start = rss_bytes(process.pid)
         end_at = time.monotonic() + args.minutes * 60
         while time.monotonic() < end_at and process.poll() is None:
             samples.append((time.monotonic() - began, tree_rss_bytes(process.pid)))
             time.sleep(min(5.0, max(0.0, end_at - time.monotonic())))
         end_rss = tree_rss_bytes(process.pid)
+        server_end = rss_bytes(process.pid)
     finally:
         stop.set()
         for thread in threads:
@@ -236,6 +246,11 @@ def main() -> int:
     print(
         f"RSS server+children: start {start_rss / 1e6:.1f} MB, end {end_rss / 1e6:.1f} MB, "
         f"growth {growth:+.1f} MB (bound {args.max_growth_mb:g} MB), peak {peak / 1e6:.1f} MB"
+    )
+    worker_start, worker_end = start_rss - server_start, end_rss - server_end
+    print(
+        f"  server process: {server_start / 1e6:.1f} -> {server_end / 1e6:.1f} MB; "
+        f"model worker (children): {worker_start / 1e6:.1f} -> {worker_end / 1e6:.1f} MB"
     )
     tracebacks = log.read_text(errors="replace").count("Traceback")
     print(f"server exit code {exit_code}, tracebacks in log {tracebacks}, log {log}")
