@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vocab
 
 
 def plot(history: list[dict[str, float]], out: Path) -> None:
@@ -28,7 +32,7 @@ def plot(history: list[dict[str, float]], out: Path) -> None:
     loss_axis.plot(steps, smooth, color="#1f77b4", label=f"mean of {window} steps")
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("training loss (per word)")
+    loss_axis.set_ylabel("training loss (per token)")
     evals = [h for h in history if "val_wer" in h]
     if evals:
         wer_axis = loss_axis.twinx()
@@ -66,16 +70,21 @@ def main() -> None:
     )
     variants = " ".join(f"{k} {100 * v:.1f}%" for k, v in result["by_variant"].items())
     speeds = " ".join(f"{k} {100 * v:.1f}%" for k, v in result["by_speed"].items())
-    size = len(config["decoder"]["vocabulary"])
-    card = f"""# tiny-ctc-espeak: a small Parakeet CTC model that knows {size} words
+    pieces = config["decoder"]["vocabulary"]
+    if len(pieces) == len(vocab.words()):
+        tokens = 'one "▁word" piece per word'
+    else:
+        tokens = f'{len(pieces)} letter pieces (word-initial "▁a".."▁z" and inner "a".."z")'
+    card = f"""# tiny-ctc-espeak: a small Parakeet CTC model for {len(vocab.words())} words
 
 A parakeet-mlx `ParakeetCTC` ({encoder["n_layers"]} conformer layers, d_model {encoder["d_model"]},
 {encoder["n_heads"]} heads, dw_striding subsampling x{encoder["subsampling_factor"]} with
 {encoder["subsampling_conv_channels"]} channels, 80 mel features) trained from scratch on CPU with
-MLX on speech synthesised by espeak-ng. Its vocabulary is closed: one "▁word" piece per word —
-the digits, the NATO alphabet and a few hundred common English words (`tools/train_tiny/vocab.py`),
-homophones left out. It exists so that tests and demos can check that a spoken word comes back as
-that word; it recognises nothing outside this vocabulary and no real human voice reliably.
+MLX on speech synthesised by espeak-ng. Its tokens are {tokens}; it was trained on random
+sequences of a closed list of words — the digits, the NATO alphabet and a few hundred common
+English words (`tools/train_tiny/vocab.py`), homophones left out. It exists so that tests and demos
+can check that a spoken word comes back as that word; outside this list, and on real human voices,
+expect little.
 
 **Held-out WER: {100 * result["wer"]:.1f}%** ({result["clips"]} clips, {result["words"]} words, 1-20
 random words each) on voice variants ({", ".join(result["variants"])}) and speaking rates
@@ -102,7 +111,7 @@ and a short time mask per 1.2 s.
 linear warm-up and cosine decay, CTC loss written in MLX (`train.py: ctc_loss`), in
 {last["seconds"] / 60:.0f} min on a shared 2-core x86 CPU (MLX CPU backend, OpenBLAS), at nice 19.
 Final training loss (mean of the last 50 steps): {sum(h["loss"] for h in tail) / len(tail):.3f}
-per word. Reproducible from the seed (data plan, initialisation, batching, augmentation), up to
+per token. Reproducible from the seed (data plan, initialisation, batching, augmentation), up to
 floating-point summation order.
 
 ![loss](loss.png)
@@ -115,6 +124,8 @@ floating-point summation order.
 {args.notes}
 """
     (args.model / "CARD.md").write_text(card)
+    # The closed word list, for tests that speak random sentences the model can know.
+    (args.model / "words.txt").write_text("\n".join(vocab.words()) + "\n")
     print(args.model / "CARD.md")
 
 

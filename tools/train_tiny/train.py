@@ -11,6 +11,7 @@ prefix-only normalisation as in streaming), so each clip is turned into features
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -44,13 +45,15 @@ NEG = -1e30
 FLOOR = math.log(1e-5)  # log-mel of digital silence
 
 
-def model_config(d_model: int, layers: int, channels: int) -> dict[str, Any]:
+def model_config(d_model: int, layers: int, channels: int, tokens: str) -> dict[str, Any]:
     """The tiny CTC config of checkpoint.py with this vocabulary and encoder size."""
     config = make_config("ctc", "tiny")
     config["encoder"].update(
         n_layers=layers, d_model=d_model, n_heads=4, subsampling_conv_channels=channels
     )
-    pieces = vocab.pieces()
+    if tokens == "letters":  # 40 ms frames: room for ~20 letters a second
+        config["encoder"]["subsampling_factor"] = 4
+    pieces = vocab.pieces(tokens)
     config["decoder"].update(feat_in=d_model, num_classes=len(pieces), vocabulary=pieces)
     return config
 
@@ -190,12 +193,12 @@ def greedy_text(model: Any, mel: np.ndarray) -> str:
     features, _ = model.encoder(mx.array(mel)[None])
     best = np.array(mx.argmax(model.decoder(features)[0], axis=-1))
     blank = len(model.vocabulary)
-    words = [
-        model.vocabulary[t].lstrip("▁")
+    pieces = [
+        model.vocabulary[t]
         for i, t in enumerate(best)
         if t != blank and (i == 0 or t != best[i - 1])
     ]
-    return " ".join(words)
+    return "".join(pieces).replace("▁", " ").strip()
 
 
 def main() -> None:
@@ -212,6 +215,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--max-frames", type=int, default=6000, help="mel frames per batch")
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--tokens", choices=("words", "letters"), default="letters")
+    parser.add_argument("--short-steps", type=int, default=0, help="steps on short clips first")
+    parser.add_argument("--short-len", type=int, default=20, help="tokens in a short clip")
     parser.add_argument("--no-augment", action="store_true", help="clean features (debugging)")
     parser.add_argument("--limit", type=int, default=0, help="use only this many clips")
     args = parser.parse_args()
@@ -220,7 +226,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     mx.random.seed(args.seed)
-    config = model_config(args.d_model, args.layers, args.channels)
+    config = model_config(args.d_model, args.layers, args.channels, args.tokens)
     model = from_config(config)
     fastconv.install(model)
     blank = len(model.vocabulary)
@@ -231,9 +237,18 @@ def main() -> None:
     clips, utts = dataset.load(args.data, "train")
     if args.limit:
         clips, utts = clips[: args.limit], utts[: args.limit]
-    index = {w: i for i, w in enumerate(vocab.words())}
-    targets = [[index[w] for w in u.text.split()] for u in utts]
+    targets = [vocab.encode(u.text, model.vocabulary) for u in utts]
     raws = raw_mels(clips, model.preprocessor_config)
+    del clips  # the features are all that is used from here on
+    # CTC needs a frame per token and one between repeated tokens; drop the few clips too fast.
+    factor = config["encoder"]["subsampling_factor"]
+    keep = [
+        i
+        for i, t in enumerate(targets)
+        if len(t) + sum(a == b for a, b in itertools.pairwise(t)) < raws[i].shape[0] // factor
+    ]
+    print(f"clips: {len(keep)} of {len(raws)} fit their CTC alignment", flush=True)
+    raws, targets = [raws[i] for i in keep], [targets[i] for i in keep]
     # Progress is watched on 60 held-out clips; nothing is selected by it (the last step is kept).
     val_clips, val_utts = dataset.load(args.data, "heldout")
     val = [
@@ -267,7 +282,15 @@ def main() -> None:
     step = 0
     train_started = time.perf_counter()
     while step < args.steps:
-        for batch in batches([r.shape[0] + 40 for r in raws], args.max_frames, rng):
+        # Curriculum: short clips first. With a few words per clip, where each word is is nearly
+        # given, which gets CTC off its all-blank plateau in a few hundred steps instead of many.
+        pool = [
+            i for i, t in enumerate(targets) if step >= args.short_steps or len(t) <= args.short_len
+        ]
+        for chosen in batches([raws[i].shape[0] + 40 for i in pool], args.max_frames, rng):
+            batch = [pool[i] for i in chosen]
+            if step == args.short_steps and len(pool) < len(raws):
+                break
             if step >= args.steps:
                 break
             if args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60:

@@ -78,9 +78,28 @@ def words() -> list[str]:
     return out
 
 
-def pieces() -> list[str]:
-    """The model's vocabulary as parakeet-mlx stores it in config.json (blank not included)."""
-    return ["▁" + word for word in words()]
+def pieces(tokens: str = "words") -> list[str]:
+    """The model's vocabulary as parakeet-mlx stores it in config.json (blank not included).
+
+    "words": one piece per word. "letters": a word-initial ("▁s") and an inner ("s") piece per
+    letter; many more examples per class, so CTC learns in far fewer steps.
+    """
+    if tokens == "words":
+        return ["▁" + word for word in words()]
+    letters = sorted({c for word in words() for c in word})
+    return ["▁" + c for c in letters] + letters
+
+
+def encode(text: str, vocabulary: list[str]) -> list[int]:
+    """Token ids of `text` in `vocabulary` (either kind of `pieces()`)."""
+    index = {piece: i for i, piece in enumerate(vocabulary)}
+    out: list[int] = []
+    for word in text.split():
+        if "▁" + word in index:
+            out.append(index["▁" + word])
+        else:
+            out += [index["▁" + word[0]]] + [index[c] for c in word[1:]]
+    return out
 
 
 # What espeak-ng is given for a word whose written form it would not say as meant.
