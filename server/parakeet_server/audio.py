@@ -26,6 +26,7 @@ __all__ = [
     "DecodedAudio",
     "Encoding",
     "PcmStream",
+    "check_duration",
     "decode_audio",
     "pcm_to_float",
     "resample",
@@ -234,7 +235,7 @@ def _decode_raw(
     channels = _check_channels(channels)
     frame_bytes = _RAW_DTYPES[encoding].itemsize * channels
     # Reject on length before converting a single byte.
-    _check_duration(len(data) // frame_bytes / sample_rate, max_seconds)
+    check_duration(len(data) // frame_bytes / sample_rate, max_seconds)
     mono = pcm_to_float(data, encoding, channels)
     return DecodedAudio(
         samples=resample(mono, sample_rate, target_rate),
@@ -276,7 +277,8 @@ def _check_channels(channels: int) -> int:
     return channels
 
 
-def _check_duration(seconds: float, max_seconds: float | None) -> None:
+def check_duration(seconds: float, max_seconds: float | None) -> None:
+    """AudioTooLong when `seconds` is over `max_seconds` (None: no limit)."""
     if max_seconds is not None and seconds > max_seconds:
         raise AudioTooLong(f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s")
 
@@ -324,7 +326,7 @@ class _Collector:
                     rate, self._target_rate, 1, dtype="float32", quality=_RESAMPLE_QUALITY
                 )
         self.seconds += len(mono) / rate
-        _check_duration(self.seconds, self._max_seconds)
+        check_duration(self.seconds, self._max_seconds)
         self._append(mono if self._stream is None else self._stream.resample_chunk(mono))
 
     def finish(self) -> NDArray[np.float32]:
@@ -386,7 +388,7 @@ def _read_with_soundfile(
         # libsndfile's frame count comes from the header (or, for WAV, the data actually
         # present), so an over-long file is refused before any decoding.
         if f.frames > 0:
-            _check_duration(f.frames / f.samplerate, max_seconds)
+            check_duration(f.frames / f.samplerate, max_seconds)
         size = min(_BLOCK_FRAMES, f.frames) if f.frames > 0 else _BLOCK_FRAMES
         buffer = np.empty((size, f.channels), np.float32)
         try:
@@ -425,9 +427,9 @@ def _read_with_av(
         if source_format == "ogg" and stream.codec_context.name == "opus":
             source_format = "opus"
         if stream.duration is not None and stream.time_base is not None:
-            _check_duration(float(stream.duration * stream.time_base), max_seconds)
+            check_duration(float(stream.duration * stream.time_base), max_seconds)
         elif container.duration is not None:
-            _check_duration(container.duration / av.time_base, max_seconds)
+            check_duration(container.duration / av.time_base, max_seconds)
         channels = stream.codec_context.channels
         # Codec frames are ~1000 samples; a FIFO turns them into large blocks, since per-frame
         # numpy and soxr calls would cost more than the decoding itself.

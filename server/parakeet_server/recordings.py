@@ -9,9 +9,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from parakeet_server.audio import DecodedAudio, Encoding, decode_audio
+from parakeet_server.audio import DecodedAudio, Encoding, check_duration, decode_audio
 from parakeet_server.cache import Caches, audio_key_from_digest, transcript_key
-from parakeet_server.errors import AudioNotCached, AudioTooLong, InvalidRequest
+from parakeet_server.errors import AudioNotCached, InvalidRequest
 from parakeet_server.transcript import Transcript, TranscriptionOptions
 
 DIGEST_BYTES = 32  # SHA-256
@@ -126,12 +126,8 @@ class RecordingLoader:
                 "or evicted since): send the request again with the audio"
             )
         if samples is not None:
-            seconds = len(samples) / target_rate
             # Cached under a higher limit, perhaps: the limit of now applies.
-            if seconds > max_seconds:
-                raise AudioTooLong(
-                    f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s"
-                )
+            check_duration(len(samples) / target_rate, max_seconds)
             audio = DecodedAudio(samples, target_rate, "cached", 0, 0)
         else:
             audio = decode()

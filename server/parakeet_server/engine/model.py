@@ -325,13 +325,9 @@ class ParakeetEngine:
         results = self._model.generate(batch, decoding_config=config)
         return [list(result.tokens) for result in results]
 
-    @staticmethod
-    def _segments(sentences: list[Any], word_timestamps: bool) -> list[Segment]:
-        from parakeet_mlx.alignment import sentences_to_result
-
-        return list(
-            to_transcript(sentences_to_result(sentences), word_timestamps=word_timestamps).segments
-        )
+    @classmethod
+    def _segments(cls, sentences: list[Any], word_timestamps: bool) -> list[Segment]:
+        return list(cls._transcript(sentences, word_timestamps).segments)
 
     @staticmethod
     def _transcript(sentences: list[Any], word_timestamps: bool) -> Transcript:

@@ -1,7 +1,7 @@
-"""The one owner of the model: a single thread that loads it and runs every job in turn.
+"""The one owner of an engine: a single thread that loads it and runs every job in turn.
 
-MLX state is not meant for concurrent threads, and parakeet-mlx's streaming mode mutates the
-shared model, so no other thread ever touches the engine. Requests queue here; the queue is
+In the server the engine is a model worker process (remote.py), which answers one call at a
+time; MLX state is not meant for concurrent threads either. Requests queue here; the queue is
 bounded so that overload becomes an immediate, explicit error instead of unbounded latency.
 """
 
@@ -16,10 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-import numpy as np
-
 from parakeet_server.errors import DeadlineExceeded, ModelUnavailable, Overloaded
-from parakeet_server.transcript import Transcript, TranscriptionOptions
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +27,6 @@ class Engine(Protocol):
     """The narrow interface the server needs from a model backend."""
 
     def warm_up(self) -> float: ...
-
-    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript: ...
 
     def close(self) -> None:
         """Releases what the engine holds on the calling (model) thread."""
@@ -52,16 +47,8 @@ class Timed(Generic[T]):
 class ModelWorker(Generic[E]):
     """Runs jobs against one engine on one dedicated thread, at most `max_pending` at a time."""
 
-    def __init__(
-        self,
-        load: Callable[[], E],
-        *,
-        max_pending: int = 64,
-        release_thread: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, load: Callable[[], E], *, max_pending: int = 64) -> None:
         self._load = load
-        # Run on the model thread as its last act (also after a failed load).
-        self._release_thread = release_thread or (lambda: None)
         self._max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
@@ -84,15 +71,11 @@ class ModelWorker(Generic[E]):
         """Loads and warms up the engine on the model thread."""
 
         def load_and_warm() -> E:
-            try:
-                engine = self._load()
-            except BaseException:
-                self._release_thread()
-                raise
+            engine = self._load()
             if not self._closed:
                 engine.warm_up()
             if self._closed:  # shut down while loading: nobody else will close it
-                self._close_on_thread(engine)
+                engine.close()
                 raise ModelUnavailable("the server shut down while the model was loading")
             return engine
 
@@ -138,32 +121,16 @@ class ModelWorker(Generic[E]):
         with self._lock:
             self._pending -= 1
 
-    async def transcribe(
-        self,
-        samples: np.ndarray,
-        options: TranscriptionOptions,
-        *,
-        deadline: float | None = None,
-    ) -> Timed[Transcript]:
-        return await self.run(lambda engine: engine.transcribe(samples, options), deadline=deadline)
-
-    def _close_on_thread(self, engine: E) -> None:
-        engine.close()
-        self._release_thread()
-
     async def close(self, timeout: float = 30.0, *, because: str | None = None) -> None:
         """Refuses new jobs (with `because` as the reason), drops queued ones, and closes the
         engine on the model thread.
-
-        Native runtimes (MLX) must release a thread's resources on that very thread before
-        the interpreter exits, or the process aborts during finalization.
         """
         self._closed = True
         if because is not None:
             self._closed_because = because
         engine = self._engine
         if engine is not None:
-            closing = self._executor.submit(self._close_on_thread, engine)
+            closing = self._executor.submit(engine.close)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
             except TimeoutError:
