@@ -14,38 +14,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vocab
 
 
-def plot(history: list[dict[str, float]], out: Path) -> None:
+def plot(phases: list[tuple[str, list[dict[str, float]]]], out: Path) -> None:
+    """Training loss (per token, smoothed) and held-out WER of each phase, steps end to end."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, loss_axis = plt.subplots(figsize=(7, 3.5), dpi=90)
-    steps = [h["step"] for h in history]
-    losses = [h["loss"] for h in history]
+    wer_axis = loss_axis.twinx()
+    offset = 0
     window = 25
-    smooth = [
-        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-        for i in range(len(losses))
-    ]
-    loss_axis.plot(steps, losses, color="#bbb", linewidth=0.6, label="CTC loss per token")
-    loss_axis.plot(steps, smooth, color="#1f77b4", label=f"mean of {window} steps")
-    loss_axis.set_yscale("log")
-    loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("training loss (per token)")
-    evals = [h for h in history if "val_wer" in h]
-    if evals:
-        wer_axis = loss_axis.twinx()
+    for (name, history), colour in zip(phases, ("#1f77b4", "#2ca02c"), strict=False):
+        steps = [offset + h["step"] for h in history]
+        losses = [h["loss"] for h in history]
+        recent = [losses[max(0, i - window + 1) : i + 1] for i in range(len(losses))]
+        smooth = [sum(r) / len(r) for r in recent]
+        loss_axis.plot(steps, losses, color="#ccc", linewidth=0.5)
+        loss_axis.plot(steps, smooth, color=colour, label=f"{name}: loss (mean of {window})")
+        evals = [h for h in history if "val_wer" in h]
         wer_axis.plot(
-            [h["step"] for h in evals],
+            [offset + h["step"] for h in evals],
             [100 * h["val_wer"] for h in evals],
-            "o-",
-            color="#d62728",
-            label="WER, 60 held-out clips (%)",
+            "o:",
+            color=colour,
+            markersize=3,
         )
-        wer_axis.set_ylabel("held-out WER (%)")
-        wer_axis.set_ylim(0, 100)
-        wer_axis.legend(loc="upper center")
+        if offset:
+            loss_axis.axvline(offset, color="#999", linewidth=0.8)
+        offset = steps[-1]
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("step (letters phase, then words phase)")
+    loss_axis.set_ylabel("training CTC loss per token")
+    wer_axis.set_ylabel("WER on 60 held-out clips (%, dotted)")
+    wer_axis.set_ylim(0, 105)
     loss_axis.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out)
@@ -56,14 +58,19 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--command", required=True)
     parser.add_argument("--data-command", required=True)
+    parser.add_argument("--letters", type=Path, help="the letters phase's checkpoint directory")
     parser.add_argument("--notes", default="")
     args = parser.parse_args()
     history = json.loads((args.model / "history.json").read_text())
     result = json.loads((args.model / "eval.json").read_text())
     config = json.loads((args.model / "config.json").read_text())
-    plot(history, args.model / "loss.png")
+    phases = [("words", history)]
+    if args.letters:
+        phases.insert(0, ("letters", json.loads((args.letters / "history.json").read_text())))
+    plot(phases, args.model / "loss.png")
+    minutes = sum(phase[-1]["seconds"] for _, phase in phases) / 60
+    steps = " + ".join(f"{phase[-1]['step']:.0f} ({name})" for name, phase in phases)
     encoder = config["encoder"]
-    last = history[-1]
     tail = history[-50:]
     examples = "\n".join(
         f"| {e['voice']} | {e['speed']} | {e['ref']} | {e['hyp']} |" for e in result["examples"]
@@ -105,11 +112,14 @@ normalisation by a prefix's statistics (20%, as the server's streaming does), tw
 and a short time mask per 1.2 s.
 
 ## Training
-`{args.command}`
+`{args.command}` (all of it: `tools/train_tiny/recipe`)
 
-{last["step"]} steps (batches of at most 6000 padded mel frames, ~60 s of audio), AdamW with
-linear warm-up and cosine decay, CTC loss written in MLX (`train.py: ctc_loss`), in
-{last["seconds"] / 60:.0f} min on a shared 2-core x86 CPU (MLX CPU backend, OpenBLAS), at nice 19.
+{steps} steps (batches of at most 6000 padded mel frames, ~60 s of audio), AdamW with linear
+warm-up and cosine decay, zero biases and fan-in-scaled normal weights at the start
+(`train.py: initialise`), CTC loss written in MLX (`train.py: ctc_loss`), in {minutes:.0f} min
+on a 2-core x86 CPU (MLX CPU backend, OpenBLAS). The letters phase (52 letter pieces, x4
+subsampling) teaches the encoder where sounds are; the words phase keeps that encoder and trains it
+with a new head of one token per word, so the model only ever says words of its vocabulary.
 Final training loss (mean of the last 50 steps): {sum(h["loss"] for h in tail) / len(tail):.3f}
 per token. Reproducible from the seed (data plan, initialisation, batching, augmentation), up to
 floating-point summation order.

@@ -35,7 +35,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 import vocab  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 from parakeet_mlx.utils import from_config  # noqa: E402
 
 from parakeet_server.engine.checkpoint import make_config  # noqa: E402
@@ -56,6 +56,26 @@ def model_config(d_model: int, layers: int, channels: int, tokens: str) -> dict[
     pieces = vocab.pieces(tokens)
     config["decoder"].update(feat_in=d_model, num_classes=len(pieces), vocabulary=pieces)
     return config
+
+
+def initialise(model: Any) -> None:
+    """Zero biases and fan-in-scaled normal weights (He for the ReLU subsampling convs).
+
+    MLX's default init (uniform +-1/sqrt(fan_in), biases too) shrinks the subsampling output to
+    ~0.05 while every bias adds a constant of the same size, so the frames reaching the decoder
+    barely differ from each other. From there CTC sat on its all-blank plateau in every run; with
+    this init (and a peak learning rate <= 3e-4) one batch is fitted in tens of steps.
+    """
+    new = {}
+    for name, value in tree_flatten(model.parameters()):
+        leaf = name.rsplit(".", 1)[-1]
+        if (leaf == "bias" and "norm" not in name) or leaf.startswith("pos_bias"):
+            new[name] = mx.zeros_like(value)
+        elif leaf == "weight" and value.ndim >= 2:
+            fan_in = math.prod(value.shape[1:])
+            gain = math.sqrt(2.0) if "pre_encode.conv" in name else 1.0
+            new[name] = mx.random.normal(value.shape) * (gain / math.sqrt(fan_in))
+    model.update(tree_unflatten(list(new.items())))
 
 
 # --- features and augmentation ------------------------------------------------------------------
@@ -97,6 +117,8 @@ class Augmenter:
         power *= 10 ** (rng.uniform(-20, 6) / 10)
         if rng.random() < 0.5:
             bank = self.noise[int(rng.integers(2))]
+            if bank.shape[0] <= power.shape[0]:  # joined clips can outlast the 20 s of noise
+                bank = np.tile(bank, (power.shape[0] // bank.shape[0] + 2, 1))
             start = int(rng.integers(0, bank.shape[0] - power.shape[0]))
             segment = bank[start : start + power.shape[0]]
             snr = rng.uniform(10, 40)
@@ -183,6 +205,25 @@ def batches(lengths: list[int], max_frames: int, rng: np.random.Generator) -> li
     return out
 
 
+def join_clips(pool: list[int], most: int, rng: np.random.Generator) -> list[list[int]]:
+    """The clips of `pool` in random groups of 1 to `most`."""
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    groups = []
+    while order:
+        size = int(rng.integers(1, most + 1))
+        groups.append(order[:size])
+        order = order[size:]
+    return groups
+
+
+def joined_raw(raws: list[np.ndarray], group: list[int], gaps: np.ndarray) -> np.ndarray:
+    """The raw log-mels of `group` one after another, each followed by a pause of `gaps` frames."""
+    parts = []
+    for i, gap in zip(group, gaps, strict=True):
+        parts += [raws[i], np.full((int(gap), raws[i].shape[1]), FLOOR, np.float32)]
+    return np.concatenate(parts[:-1])
+
+
 def save(model: Any, config: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
@@ -210,6 +251,9 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=144)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument(
+        "--stop-after", type=int, default=0, help="stop after this many of the --steps planned"
+    )
     parser.add_argument("--max-minutes", type=float, default=0, help="stop early after this long")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=300)
@@ -219,6 +263,10 @@ def main() -> None:
     parser.add_argument("--short-steps", type=int, default=0, help="steps on short clips first")
     parser.add_argument("--short-len", type=int, default=20, help="tokens in a short clip")
     parser.add_argument("--no-augment", action="store_true", help="clean features (debugging)")
+    parser.add_argument(
+        "--init-from", type=Path, help="start from this checkpoint's encoder (new token head)"
+    )
+    parser.add_argument("--join", type=int, default=1, help="join up to this many clips into one")
     parser.add_argument("--limit", type=int, default=0, help="use only this many clips")
     args = parser.parse_args()
 
@@ -227,7 +275,16 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     mx.random.seed(args.seed)
     config = model_config(args.d_model, args.layers, args.channels, args.tokens)
+    if args.init_from:
+        config["encoder"] = json.loads((args.init_from / "config.json").read_text())["encoder"]
+        config["decoder"]["feat_in"] = config["encoder"]["d_model"]
     model = from_config(config)
+    initialise(model)
+    if args.init_from:
+        weights = mx.load(str(args.init_from / "model.safetensors"))
+        encoder = [(k, v) for k, v in weights.items() if k.startswith("encoder.")]  # type: ignore[union-attr]
+        model.update(tree_unflatten(encoder))
+        print(f"encoder from {args.init_from}: {len(encoder)} arrays", flush=True)
     fastconv.install(model)
     blank = len(model.vocabulary)
     params = sum(v.size for _, v in tree_flatten(model.parameters()))
@@ -281,33 +338,44 @@ def main() -> None:
     history: list[dict[str, float]] = []
     step = 0
     train_started = time.perf_counter()
-    while step < args.steps:
+    while step < (args.stop_after or args.steps):
         # Curriculum: short clips first. With a few words per clip, where each word is is nearly
         # given, which gets CTC off its all-blank plateau in a few hundred steps instead of many.
         pool = [
             i for i, t in enumerate(targets) if step >= args.short_steps or len(t) <= args.short_len
         ]
-        for chosen in batches([raws[i].shape[0] + 40 for i in pool], args.max_frames, rng):
-            batch = [pool[i] for i in chosen]
+        # Utterances joined end to end with pauses (--join), so that the model also knows
+        # recordings as long as the server's 30 s chunks; one clip each otherwise.
+        most = args.join if step >= args.short_steps else 1
+        groups = join_clips(pool, most, rng) if most > 1 else [[i] for i in pool]
+        gaps = [rng.integers(10, 80, len(g)) if most > 1 else np.zeros(1, int) for g in groups]
+        sizes = [
+            sum(raws[i].shape[0] for i in g) + int(p[:-1].sum())
+            for g, p in zip(groups, gaps, strict=True)
+        ]
+        for chosen in batches([size + 40 for size in sizes], args.max_frames, rng):
+            batch = [(groups[i], gaps[i]) for i in chosen]
             if step == args.short_steps and len(pool) < len(raws):
                 break
-            if step >= args.steps:
+            if step >= args.steps or (args.stop_after and step >= args.stop_after):
                 break
             if args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60:
                 print(f"stopping at step {step}: --max-minutes reached", flush=True)
                 args.steps = step
                 break
-            mels = [normalise(raws[i]) if args.no_augment else augment(raws[i]) for i in batch]
+            joined = [joined_raw(raws, group, gap) for group, gap in batch]
+            tokens = [[t for i in group for t in targets[i]] for group, _ in batch]
+            mels = [normalise(r) if args.no_augment else augment(r) for r in joined]
             longest = max(m.shape[0] for m in mels)
             padded = np.stack([np.pad(m, ((0, longest - m.shape[0]), (0, 0))) for m in mels])
-            width = max(len(targets[i]) for i in batch)
-            labels = np.array([targets[i] + [0] * (width - len(targets[i])) for i in batch])
+            width = max(map(len, tokens))
+            labels = np.array([t + [0] * (width - len(t)) for t in tokens])
             loss, grads = loss_and_grad(
                 model,
                 mx.array(padded),
                 mx.array([m.shape[0] for m in mels]),
                 mx.array(labels, dtype=mx.int32),
-                mx.array([len(targets[i]) for i in batch], dtype=mx.int32),
+                mx.array([len(t) for t in tokens], dtype=mx.int32),
             )
             grads, _ = optim.clip_grad_norm(grads, 5.0)
             optimizer.update(model, grads)

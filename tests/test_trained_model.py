@@ -1,0 +1,247 @@
+"""The trained tiny CTC checkpoint through a real server: spoken words come back as those words.
+
+Speech is synthesised with espeak-ng voice variants and rates the model never heard in training
+(see tools/train_tiny/README.md), from the model's closed vocabulary.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import RunningServer, start_server, stream, transcribe
+from parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.engine.chunking import plan_chunks
+
+MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
+RATE = 16000
+
+SENTENCES = [
+    "seven three nine zero five",
+    "alfa bravo charlie delta echo",
+    "the children began the long walk home after the music",
+    "check the map before we drive north",
+    "victor whiskey xray yankee zulu",
+    "my father found an old boat near the river",
+    "the quick green bird saw a large fish",
+    "open the door and turn off the light",
+]
+# Held-out voices and rates (tools/train_tiny/data.py: HELDOUT_VARIANTS, HELDOUT_SPEEDS).
+VOICES = [("en-us+m3", 155), ("en-gb+f2", 175), ("en-us+m7", 195), ("en-gb-x-rp+f5", 135)]
+
+# A little above what the committed checkpoint measures on these clips (held-out WER 14.7%).
+UNARY_WER = 0.35  # measured 0.263 (15 of 57 words: it drops short words like "the")
+DEMO_WER = 0.25
+# Words a whole 5-minute recording may gain or lose against its sentences heard one by one.
+SEAM_SLACK_WORDS = 4
+SEAM_REACH_SECONDS = 1.5
+LONG_WER = 0.30
+MODES = {
+    "streaming": pb.FINALIZATION_MODE_STREAMING,
+    "full_context": pb.FINALIZATION_MODE_FULL_CONTEXT,
+    "auto": pb.FINALIZATION_MODE_AUTO,
+}
+
+
+# How espeak-ng is told to say the vocabulary words it would not say as meant.
+SPOKEN = {"xray": "x-ray", "alfa": "alpha", "juliett": "juliet"}
+
+
+def synthesise(text: str, voice: str, speed: int) -> np.ndarray:
+    """espeak-ng speech as 16 kHz mono float32."""
+    spoken = " ".join(SPOKEN.get(word, word) for word in text.split())
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", spoken],
+        check=True,
+        capture_output=True,
+    ).stdout
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, RATE, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return bytes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def words(text: str) -> str:
+    return " ".join(text.lower().replace(",", " ").replace(".", " ").split())
+
+
+def test_the_sentences_use_only_words_the_model_knows() -> None:
+    known = set((MODEL / "words.txt").read_text().split())
+    assert {word for sentence in SENTENCES for word in sentence.split()} <= known
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[tuple[str, np.ndarray]]:
+    """Each sentence in one held-out voice: (reference words, 16 kHz samples)."""
+    out = []
+    for i, sentence in enumerate(SENTENCES):
+        voice, speed = VOICES[i % len(VOICES)]
+        out.append((sentence, synthesise(sentence, voice, speed)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(MODEL, tmp_path_factory.mktemp("logs"), "--transcript-cache-bytes", "0")
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def unary_wer(trained_server: RunningServer, clips: list[tuple[str, np.ndarray]]) -> float:
+    stub = trained_server.stub()
+    hyps = [words(transcribe(stub, wav_bytes(samples)).transcript.text) for _, samples in clips]
+    return float(jiwer.wer([ref for ref, _ in clips], hyps))
+
+
+def test_transcribe_returns_the_spoken_words(unary_wer: float) -> None:
+    assert unary_wer <= UNARY_WER
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_streaming_keeps_the_accuracy_of_unary(
+    mode: str,
+    trained_server: RunningServer,
+    clips: list[tuple[str, np.ndarray]],
+    unary_wer: float,
+) -> None:
+    stub = trained_server.stub()
+    hyps = []
+    for _, samples in clips:
+        responses = stream(stub, pcm16(samples), chunk_bytes=6400, mode=MODES[mode])
+        assert responses[-1].is_final
+        hyps.append(words(responses[-1].transcript.text))
+    streamed = float(jiwer.wer([ref for ref, _ in clips], hyps))
+    assert streamed <= unary_wer + 0.02, (mode, hyps)
+
+
+@dataclass(frozen=True)
+class Recording:
+    sentences: list[str]
+    starts: list[float]  # seconds into `samples` where each sentence begins
+    speeches: list[np.ndarray]
+    samples: np.ndarray
+
+    def word_times(self) -> list[float]:
+        """Roughly when each reference word is spoken: spread evenly over its sentence."""
+        times = []
+        for sentence, start, speech in zip(self.sentences, self.starts, self.speeches, strict=True):
+            count = len(sentence.split())
+            times += [start + (i + 0.5) / count * speech.size / RATE for i in range(count)]
+        return times
+
+
+@pytest.fixture(scope="module")
+def five_minutes() -> Recording:
+    """About 5 minutes of random vocabulary sentences in held-out voices, with short pauses."""
+    vocabulary = (MODEL / "words.txt").read_text().split()
+    rng = np.random.default_rng(7)
+    sentences: list[str] = []
+    starts: list[float] = []
+    speeches: list[np.ndarray] = []
+    pieces: list[np.ndarray] = []
+    total = 0
+    while total < 300 * RATE:
+        sentence = " ".join(rng.choice(vocabulary, int(rng.integers(6, 16))))
+        voice, speed = VOICES[len(sentences) % len(VOICES)]
+        speech = synthesise(sentence, voice, speed)
+        pause = rng.normal(0, 0.002, int(rng.uniform(0.3, 0.9) * RATE)).astype(np.float32)
+        sentences.append(sentence)
+        starts.append(total / RATE)
+        speeches.append(speech)
+        pieces += [speech, pause]
+        total += speech.size + pause.size
+    return Recording(sentences, starts, speeches, np.concatenate(pieces))
+
+
+def test_a_long_recording_loses_and_repeats_no_word_at_its_seams(
+    trained_server: RunningServer, five_minutes: Recording
+) -> None:
+    """Where chunks are spliced, no word is lost or said twice, and the words stay in order.
+
+    A seam that kept both sides of an overlap would repeat ~2 s of words (insertions); one that
+    kept neither would lose them (deletions). So the errors of the chunked transcript against the
+    reference, placed in time, must be no denser near a seam than elsewhere. (This model also
+    drops more words inside 30 s chunks than in sentences heard one by one, ~25% WER against
+    ~13%, evenly over the recording: it never heard more than ~10 s in training. That is the
+    model's, not the seams'; the overall figure is bounded separately.)
+    """
+    recording = five_minutes
+    stub = trained_server.stub()
+    reference = " ".join(recording.sentences)
+    request = pb.TranscribeLongRequest(audio=wav_bytes(recording.samples))
+    final = list(stub.TranscribeLong(request, timeout=300))[-1]
+    assert final.metrics.chunk_count >= 10
+    chunked = jiwer.process_words(reference, words(final.transcript.text))
+    times = recording.word_times()
+    errors = []  # reference time of each deleted word, and of the word before each insertion
+    for piece in chunked.alignments[0]:
+        if piece.type == "delete":
+            errors += times[piece.ref_start_idx : piece.ref_end_idx]
+        elif piece.type == "insert":
+            errors += [times[max(0, piece.ref_start_idx - 1)]] * (
+                piece.hyp_end_idx - piece.hyp_start_idx
+            )
+    info = stub.GetServerInfo(pb.GetServerInfoRequest())
+    plan = plan_chunks(
+        recording.samples.size,
+        round(info.chunk_length.ToTimedelta().total_seconds() * RATE),
+        round(info.chunk_overlap.ToTimedelta().total_seconds() * RATE),
+    )
+    assert len(plan) == final.metrics.chunk_count
+    seams = [(a.end + b.start) / 2 / RATE for a, b in itertools.pairwise(plan)]
+    near = [t for t in errors if min(abs(t - seam) for seam in seams) <= SEAM_REACH_SECONDS]
+    share = len(seams) * 2 * SEAM_REACH_SECONDS / (recording.samples.size / RATE)
+    print(
+        f"{len(times)} words, {len(plan)} chunks: WER {chunked.wer:.3f}, "
+        f"{chunked.insertions} ins {chunked.deletions} del; {len(near)} of {len(errors)} "
+        f"within {SEAM_REACH_SECONDS} s of a seam, which spans {share:.0%} of the time"
+    )
+    assert len(near) <= share * len(errors) + SEAM_SLACK_WORDS, near
+    assert chunked.wer <= LONG_WER
+
+
+def test_the_readme_demo_transcribes_a_spoken_sentence(
+    trained_server: RunningServer, tmp_path: Path
+) -> None:
+    """README's offline demo: espeak-ng writes a WAV, parakeet-client transcribes it."""
+    sentence = "alfa bravo charlie delta echo"
+    wav = tmp_path / "spoken.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us+m3", "-w", str(wav), sentence], check=True, capture_output=True
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parakeet_client",
+            "--server",
+            trained_server.address,
+            "transcribe",
+            str(wav),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert jiwer.wer(sentence, words(result.stdout)) <= DEMO_WER, result.stdout
