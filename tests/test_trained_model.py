@@ -10,6 +10,7 @@ import io
 import itertools
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from audio_samples import speak
 from conftest import RunningServer, start_server, stream, transcribe
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import plan_chunks
@@ -61,12 +63,9 @@ SPOKEN = {"xray": "x-ray", "alfa": "alpha", "juliett": "juliet"}
 def synthesise(text: str, voice: str, speed: int) -> np.ndarray:
     """espeak-ng speech as 16 kHz mono float32."""
     spoken = " ".join(SPOKEN.get(word, word) for word in text.split())
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", spoken],
-        check=True,
-        capture_output=True,
-    ).stdout
-    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    with tempfile.TemporaryDirectory() as folder:
+        wav = speak(spoken, Path(folder) / "spoken.wav", voice, speed)
+        samples, rate = sf.read(wav, dtype="float32")
     return np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
 
 
@@ -225,10 +224,7 @@ def test_the_readme_demo_transcribes_a_spoken_sentence(
 ) -> None:
     """README's offline demo: espeak-ng writes a WAV, parakeet-client transcribes it."""
     sentence = "alfa bravo charlie delta echo"
-    wav = tmp_path / "spoken.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", "en-us+m3", "-w", str(wav), sentence], check=True, capture_output=True
-    )
+    wav = speak(sentence, tmp_path / "spoken.wav", voice="en-us+m3")
     result = subprocess.run(
         [
             sys.executable,
