@@ -338,7 +338,8 @@ def main() -> None:
     history: list[dict[str, float]] = []
     step = 0
     train_started = time.perf_counter()
-    while step < (args.stop_after or args.steps):
+    last = min(args.steps, args.stop_after or args.steps)
+    while step < last:
         # Curriculum: short clips first. With a few words per clip, where each word is is nearly
         # given, which gets CTC off its all-blank plateau in a few hundred steps instead of many.
         pool = [
@@ -357,11 +358,11 @@ def main() -> None:
             batch = [(groups[i], gaps[i]) for i in chosen]
             if step == args.short_steps and len(pool) < len(raws):
                 break
-            if step >= args.steps or (args.stop_after and step >= args.stop_after):
+            if step >= last:
                 break
             if args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60:
                 print(f"stopping at step {step}: --max-minutes reached", flush=True)
-                args.steps = step
+                args.steps = last = step
                 break
             joined = [joined_raw(raws, group, gap) for group, gap in batch]
             tokens = [[t for i in group for t in targets[i]] for group, _ in batch]
