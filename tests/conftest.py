@@ -106,6 +106,10 @@ class RunningServer:
         """Resident memory of the server and its model worker process together."""
         return sum(_rss(pid) for pid in [self.process.pid, *self.children()])
 
+    def worker_rss_bytes(self) -> int:
+        """Resident memory of the server's model worker process alone."""
+        return sum(_rss(pid) for pid in self.children())
+
     def children(self) -> list[int]:
         """Process ids of the server's child processes (its model worker)."""
         pid = self.process.pid

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parakeet_server.engine.model import ParakeetEngine
-from parakeet_server.engine.settings import ChunkingConfig
+from parakeet_server.engine.model import RELEASE_EVERY_BLOCKS, ParakeetEngine
+from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
 from parakeet_server.errors import InvalidRequest, ModelLoadError
 from parakeet_server.transcript import DecodingMethod, TranscriptionOptions
 
@@ -124,3 +124,21 @@ def test_corrupt_weights_are_a_load_error(checkpoints: dict[str, Path], tmp_path
 def test_unknown_dtype_is_a_load_error(checkpoints: dict[str, Path]) -> None:
     with pytest.raises(ModelLoadError, match="dtype"):
         ParakeetEngine.load(str(checkpoints["tdt"]), dtype="int3")
+
+
+def test_a_long_stream_gives_back_cached_memory_every_few_blocks(
+    checkpoints: dict[str, Path],
+) -> None:
+    """A live stream is one request, so it cannot wait for a request's end to release what MLX
+    caches and glibc keeps: the engine does it every RELEASE_EVERY_BLOCKS blocks."""
+    engine = ParakeetEngine.load(str(checkpoints["tdt"]))
+    session = engine.open_stream(StreamingSettings())
+    audio = np.random.default_rng(6).normal(0, 0.1, 16000 * 120).astype(np.float32)
+    fed, cached = 0, []
+    for _ in range(2 * RELEASE_EVERY_BLOCKS + 2):  # one block a call
+        needed = session.samples_for_next_block()
+        engine.stream_block(session, audio[fed:needed])
+        fed = needed
+        cached.append(engine.memory()[1])
+    released = [block for block, size in enumerate(cached, 1) if size == 0]
+    assert released == [RELEASE_EVERY_BLOCKS, 2 * RELEASE_EVERY_BLOCKS], cached

@@ -395,14 +395,14 @@ def test_ten_minute_stream_keeps_step_time_and_memory_flat(
         rng = np.random.default_rng(7)
         minute = (rng.normal(0, 3000, 16000 * 60)).clip(-32768, 32767).astype("<i2").tobytes()
         arrivals: list[float] = []
-        rss: list[int] = []
+        rss: list[tuple[int, int]] = []  # all, worker: after each minute sent
 
         def requests() -> Iterator[pb.StreamingTranscribeRequest]:
             yield _config(interim=True)
             for _ in range(10):
                 for start in range(0, len(minute), 64000):
                     yield _audio(minute[start : start + 64000])
-                rss.append(running.rss_bytes())
+                rss.append((running.rss_bytes(), running.worker_rss_bytes()))
 
         for response in running.stub().StreamingTranscribe(requests(), timeout=600):
             arrivals.append(time.monotonic())
@@ -415,9 +415,16 @@ def test_ten_minute_stream_keeps_step_time_and_memory_flat(
         early, late = np.median(gaps[20:120]), np.median(gaps[-100:])
         assert late < 2.0 * early, (early, late)
         # The first minutes fill MLX's buffer cache and the attention caches (~20 MB with
-        # this model); after that nothing may accumulate.
-        growth_mb = (rss[-1] - rss[3]) / 1e6
-        assert growth_mb < 15, f"RSS grew {growth_mb:.1f} MB from minute 4 to minute 10"
+        # this model); after that nothing may accumulate. A leak grows every minute, so the
+        # median minute does (keeping the stream's audio as float32: 3.8 MB a minute), where a
+        # one-off step (a heap taken by an allocator: once 15 MB in CI) moves one minute only.
+        mb = np.array(rss) / 1e6
+        growth = np.diff(mb[3:, 0])
+        report = "RSS after each minute, MB (server + worker): " + ", ".join(
+            f"{total - worker:.1f} + {worker:.1f}" for total, worker in mb
+        )
+        assert np.median(growth) < 1.5, report
+        assert growth.sum() < 30, report
         assert re.search(r"blocks=4\d\d ", running.log())
     finally:
         assert running.stop() == 0

@@ -117,9 +117,12 @@ and a short time mask per 1.2 s.
 {steps} steps (batches of at most 6000 padded mel frames, ~60 s of audio), AdamW with linear
 warm-up and cosine decay, zero biases and fan-in-scaled normal weights at the start
 (`train.py: initialise`), CTC loss written in MLX (`train.py: ctc_loss`), in {minutes:.0f} min
-on a 2-core x86 CPU (MLX CPU backend, OpenBLAS). The letters phase (52 letter pieces, x4
-subsampling) teaches the encoder where sounds are; the words phase keeps that encoder and trains it
-with a new head of one token per word, so the model only ever says words of its vocabulary.
+on a 2-core x86 CPU (MLX CPU backend, OpenBLAS), each step split over two processes, one per core
+(`--procs 2`, `parallel.py`). The letters phase (52 letter pieces, x4 subsampling) teaches the
+encoder where sounds are; the words phase keeps that encoder and trains it with a new head of one
+token per word, so the model only ever says words of its vocabulary. Where the command says
+`--join 3 --join-from N`, steps from N on also see up to 3 clips joined with pauses (up to ~30 s),
+as long as the server's long-audio chunks.
 Final training loss (mean of the last 50 steps): {sum(h["loss"] for h in tail) / len(tail):.3f}
 per token. Reproducible from the seed (data plan, initialisation, batching, augmentation), up to
 floating-point summation order.

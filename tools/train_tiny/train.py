@@ -6,6 +6,11 @@ Augmentation happens on raw log-mel frames (noise, gain, vocal-tract warp, masks
 prefix-only normalisation as in streaming), so each clip is turned into features only once.
 
     python tools/train_tiny/train.py DATA_DIR OUT_DIR [--steps 3000] [--seed 0]
+
+A step runs on one core (MLX's CPU backend computes on one thread); `--procs N` runs N
+processes that each take 1/N of every batch and average their gradients (parallel.py). They
+share one random stream for batching and each has its own for augmentation, so a run repeats
+exactly for one seed and N.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import fastconv  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
+import parallel  # noqa: E402
 import vocab  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 from parakeet_mlx.utils import from_config  # noqa: E402
@@ -224,6 +230,24 @@ def joined_raw(raws: list[np.ndarray], group: list[int], gaps: np.ndarray) -> np
     return np.concatenate(parts[:-1])
 
 
+def average(
+    loss: mx.array, grads: Any, flag: float, exchange: parallel.Exchange
+) -> tuple[mx.array, Any, bool]:
+    """The loss and gradients averaged over the training processes, and whether any of them
+    raised `flag`."""
+    if exchange.size == 1:
+        return loss, grads, bool(flag)
+    mx.eval(loss, grads)
+    named = tree_flatten(grads)
+    parts = [np.array(value, dtype=np.float32).ravel() for _, value in named]
+    mean = exchange.average(np.concatenate([*parts, np.array([float(loss), flag], np.float32)]))
+    averaged, start = [], 0
+    for (name, value), part in zip(named, parts, strict=True):
+        averaged.append((name, mx.array(mean[start : start + part.size].reshape(value.shape))))
+        start += part.size
+    return mx.array(mean[-2]), tree_unflatten(averaged), bool(mean[-1] > 0)
+
+
 def save(model: Any, config: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
@@ -267,13 +291,25 @@ def main() -> None:
         "--init-from", type=Path, help="start from this checkpoint's encoder (new token head)"
     )
     parser.add_argument("--join", type=int, default=1, help="join up to this many clips into one")
+    parser.add_argument("--join-from", type=int, default=0, help="join clips from this step on")
     parser.add_argument("--limit", type=int, default=0, help="use only this many clips")
+    parser.add_argument("--procs", type=int, default=1, help="processes, one per core")
     args = parser.parse_args()
+    parallel.run(train, args, args.procs)
 
+
+def train(args: argparse.Namespace, exchange: parallel.Exchange) -> None:
     import jiwer
 
-    rng = np.random.default_rng(args.seed)
-    mx.random.seed(args.seed)
+    rank, size = exchange.rank, exchange.size
+    lead = rank == 0
+
+    def log(text: str) -> None:
+        if lead:
+            print(text, flush=True)
+
+    rng = np.random.default_rng(args.seed)  # batching: the same in every process
+    mx.random.seed(args.seed)  # the same initial weights in every process
     config = model_config(args.d_model, args.layers, args.channels, args.tokens)
     if args.init_from:
         config["encoder"] = json.loads((args.init_from / "config.json").read_text())["encoder"]
@@ -284,11 +320,11 @@ def main() -> None:
         weights = mx.load(str(args.init_from / "model.safetensors"))
         encoder = [(k, v) for k, v in weights.items() if k.startswith("encoder.")]  # type: ignore[union-attr]
         model.update(tree_unflatten(encoder))
-        print(f"encoder from {args.init_from}: {len(encoder)} arrays", flush=True)
+        log(f"encoder from {args.init_from}: {len(encoder)} arrays")
     fastconv.install(model)
     blank = len(model.vocabulary)
     params = sum(v.size for _, v in tree_flatten(model.parameters()))
-    print(f"model: {params:,} parameters", flush=True)
+    log(f"model: {params:,} parameters, {size} process(es)")
 
     started = time.perf_counter()
     clips, utts = dataset.load(args.data, "train")
@@ -304,7 +340,7 @@ def main() -> None:
         for i, t in enumerate(targets)
         if len(t) + sum(a == b for a, b in itertools.pairwise(t)) < raws[i].shape[0] // factor
     ]
-    print(f"clips: {len(keep)} of {len(raws)} fit their CTC alignment", flush=True)
+    log(f"clips: {len(keep)} of {len(raws)} fit their CTC alignment")
     raws, targets = [raws[i] for i in keep], [targets[i] for i in keep]
     # Progress is watched on 60 held-out clips; nothing is selected by it (the last step is kept).
     val_clips, val_utts = dataset.load(args.data, "heldout")
@@ -314,8 +350,10 @@ def main() -> None:
             raw_mels(val_clips[:60], model.preprocessor_config), val_utts[:60], strict=True
         )
     ]
-    augment = Augmenter(model.preprocessor_config, rng)
-    print(f"features: {len(raws)} clips in {time.perf_counter() - started:.0f} s", flush=True)
+    # Augmentation draws its own random stream in each of several processes (one stream alone).
+    own = rng if size == 1 else np.random.default_rng([args.seed, rank])
+    augment = Augmenter(model.preprocessor_config, own)
+    log(f"features: {len(raws)} clips in {time.perf_counter() - started:.0f} s")
 
     schedule = optim.join_schedules(
         [
@@ -338,31 +376,35 @@ def main() -> None:
     history: list[dict[str, float]] = []
     step = 0
     train_started = time.perf_counter()
+
+    def joining(step: int) -> int:
+        return args.join if step >= max(args.short_steps, args.join_from) else 1
+
     last = min(args.steps, args.stop_after or args.steps)
     while step < last:
-        # Curriculum: short clips first. With a few words per clip, where each word is is nearly
+        # Curriculum: short clips first. With a few words per clip, where each word is, is nearly
         # given, which gets CTC off its all-blank plateau in a few hundred steps instead of many.
         pool = [
             i for i, t in enumerate(targets) if step >= args.short_steps or len(t) <= args.short_len
         ]
         # Utterances joined end to end with pauses (--join), so that the model also knows
         # recordings as long as the server's 30 s chunks; one clip each otherwise.
-        most = args.join if step >= args.short_steps else 1
+        most = joining(step)
         groups = join_clips(pool, most, rng) if most > 1 else [[i] for i in pool]
         gaps = [rng.integers(10, 80, len(g)) if most > 1 else np.zeros(1, int) for g in groups]
         sizes = [
             sum(raws[i].shape[0] for i in g) + int(p[:-1].sum())
             for g, p in zip(groups, gaps, strict=True)
         ]
-        for chosen in batches([size + 40 for size in sizes], args.max_frames, rng):
-            batch = [(groups[i], gaps[i]) for i in chosen]
+        # Each process takes its share of a step's frames: the i-th of every `size` batches.
+        planned = batches([n + 40 for n in sizes], args.max_frames // size, rng)
+        for shares in zip(*[iter(planned)] * size, strict=False):
+            batch = [(groups[i], gaps[i]) for i in shares[rank]]
             if step == args.short_steps and len(pool) < len(raws):
                 break
-            if step >= last:
+            if joining(step) != most:
                 break
-            if args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60:
-                print(f"stopping at step {step}: --max-minutes reached", flush=True)
-                args.steps = last = step
+            if step >= last:
                 break
             joined = [joined_raw(raws, group, gap) for group, gap in batch]
             tokens = [[t for i in group for t in targets[i]] for group, _ in batch]
@@ -378,6 +420,9 @@ def main() -> None:
                 mx.array(labels, dtype=mx.int32),
                 mx.array([len(t) for t in tokens], dtype=mx.int32),
             )
+            late = args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60
+            # Every process stops at the same step (the leader's clock), or the others wait.
+            loss, grads, late = average(loss, grads, float(bool(late) and lead), exchange)
             grads, _ = optim.clip_grad_norm(grads, 5.0)
             optimizer.update(model, grads)
             mx.eval(model.parameters(), optimizer.state, loss)
@@ -387,14 +432,14 @@ def main() -> None:
                 "loss": float(loss),
                 "seconds": time.perf_counter() - train_started,
             }
-            if step % 25 == 0:
+            if step % 25 == 0 and lead:
                 print(
                     f"step {step} loss {record['loss']:.3f} "
                     f"lr {float(optimizer.learning_rate):.2e} "
                     f"t {record['seconds']:.0f}s",
                     flush=True,
                 )
-            if step % args.eval_every == 0 or step == args.steps:
+            if lead and (step % args.eval_every == 0 or step == args.steps):
                 hyps = [greedy_text(model, m) for m, _ in val]
                 record["val_wer"] = float(jiwer.wer([t for _, t in val], hyps))
                 print(
@@ -404,9 +449,14 @@ def main() -> None:
                 save(model, config, args.out)
                 (args.out / "history.json").write_text(json.dumps([*history, record]))
             history.append(record)
-    save(model, config, args.out)
-    (args.out / "history.json").write_text(json.dumps(history))
-    print(f"done: {step} steps in {time.perf_counter() - train_started:.0f} s", flush=True)
+            if late:
+                log(f"stopping at step {step}: --max-minutes reached")
+                args.steps = last = step
+                break
+    if lead:
+        save(model, config, args.out)
+        (args.out / "history.json").write_text(json.dumps(history))
+    log(f"done: {step} steps in {time.perf_counter() - train_started:.0f} s")
     mx.clear_streams()
 
 

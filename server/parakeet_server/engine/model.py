@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mlx-community/parakeet-tdt-0.6b-v3"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# A live stream gives its freed memory back every this many blocks (~40 s of audio at 1.28 s a
+# block), so that an hour-long stream holds no more than a short one; the release costs 5-8 ms.
+RELEASE_EVERY_BLOCKS = 32
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ParakeetEngine:
         self.info = info
         self._chunking = chunking or ChunkingConfig()
         self._stream_tables: dict[StreamingSettings, dict[str, Any]] = {}
+        self._blocks_since_release = 0
 
     @classmethod
     def load(
@@ -251,6 +255,9 @@ class ParakeetEngine:
         session.accept(samples)
         if session.pending_blocks():
             session.step()
+            self._blocks_since_release += 1
+            if self._blocks_since_release >= RELEASE_EVERY_BLOCKS:
+                self._release_memory()
         return self._block_result(session)
 
     def stream_finish(
@@ -258,8 +265,6 @@ class ParakeetEngine:
     ) -> tuple[Transcript, BlockResult]:
         """Ends a live stream with its last samples: its transcript and final texts. Releases
         the memory the stream used."""
-        import mlx.core as mx
-
         try:
             session.accept(samples)
             session.finish()
@@ -269,8 +274,7 @@ class ParakeetEngine:
             )
             return transcript, self._block_result(session)
         finally:
-            mx.clear_cache()
-            release_free_heap()
+            self._release_memory()
 
     def release(self, handle: object) -> None:
         """Forgets a stream or stepwise transcription that will not be used again (here, in
@@ -299,16 +303,20 @@ class ParakeetEngine:
 
     def _generate(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         """Tokens of each piece; pieces of equal length run through the encoder as one batch."""
-        import mlx.core as mx
-
         try:
             return self._generate_batch(pieces, config)
         finally:
-            # After every MLX array of the batch is gone (they are the callee's locals): MLX
-            # keeps freed buffers for reuse, and glibc keeps what MLX frees; without both
-            # releases memory climbs with the longest inputs seen (see malloc.py).
-            mx.clear_cache()
-            release_free_heap()
+            # After every MLX array of the batch is gone (they are the callee's locals).
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Gives back what MLX keeps for reuse and what glibc keeps of what MLX freed; without
+        both, memory climbs with the longest inputs seen (see malloc.py)."""
+        import mlx.core as mx
+
+        mx.clear_cache()
+        release_free_heap()
+        self._blocks_since_release = 0
 
     def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         import mlx.core as mx
