@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import RunningServer, start_server, transcribe
 from parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.engine.remote import describe_exit
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -100,6 +102,20 @@ def test_a_killed_worker_is_restarted_and_answers_the_same(crashy: RunningServer
     assert f"model worker pid={old} was killed by SIGKILL" in log
     assert "model worker restarted" in log
     assert "Traceback" not in log
+
+
+def test_the_exit_is_named_while_another_thread_is_reaping_the_worker() -> None:
+    """The race behind a red CI run: the watcher reaps the dead worker while the worker's
+    thread, whose call read EOF, asks how it ended; between the watcher's waitpid and its
+    storing the code, the asker found none and said "stopped answering"."""
+    process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    process.start()
+    os.kill(process.pid, signal.SIGKILL)
+    _, status = os.waitpid(process.pid, 0)  # the watcher reaps it ...
+    # ... and stores the code a moment later, as multiprocessing's Popen.poll does.
+    code = os.waitstatus_to_exitcode(status)
+    threading.Timer(0.1, setattr, (process._popen, "returncode", code)).start()
+    assert describe_exit(process) == "was killed by SIGKILL"
 
 
 def test_a_request_in_flight_fails_fast_with_unavailable(crashy: RunningServer) -> None:

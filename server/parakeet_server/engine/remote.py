@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -36,10 +37,20 @@ class StreamHandle:
     settings: StreamingSettings
 
 
-def describe_exit(process: BaseProcess) -> str:
-    """'was killed by SIGKILL', 'exited with code 3', or 'stopped' while it is still going."""
-    process.join(0.5)
+def describe_exit(process: BaseProcess, wait: float = 0.5) -> str:
+    """'was killed by SIGKILL', 'exited with code 3', or 'stopped answering' if it still runs.
+
+    Two threads ask at once when a worker dies mid-call: the supervisor's watcher (on the event
+    loop) and the model worker's thread whose call read EOF. Only one of them reaps the process;
+    until it has stored the exit code, the other finds none (its waitpid sees no child). So
+    this keeps looking for up to `wait` seconds rather than trusting one join.
+    """
+    deadline = time.monotonic() + wait
+    process.join(wait)
     code = process.exitcode
+    while code is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        code = process.exitcode
     if code is None:
         return "stopped answering"
     if code < 0:
