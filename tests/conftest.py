@@ -24,6 +24,11 @@ from parakeet_server.engine.checkpoint import write_checkpoint
 # In-process engine tests load MLX too: give them the BLAS the server would have.
 use_fast_blas()
 
+# The checkpoint trained here on espeak-ng speech, and the tools that made it (its recipe's
+# vocabulary says how its words are spoken; test_train_tiny.py tests the tools).
+TRAINED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
+sys.path.insert(0, str(TRAINED_MODEL.parents[2] / "tools" / "train_tiny"))
+
 SENTENCE = "Please schedule the meeting for Tuesday at ten thirty, and invite the whole team."
 _SERVING = re.compile(r"SERVING address=\S+:(\d+)")
 _LISTENING = re.compile(r"listening address=\S+:(\d+)")

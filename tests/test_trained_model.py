@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import vocab
 
 from audio_samples import speak
-from conftest import RunningServer, start_server, stream, transcribe
+from conftest import TRAINED_MODEL, RunningServer, start_server, stream, transcribe
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import Chunk, plan_chunks
 
-MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
 RATE = 16000
 
 SENTENCES = [
@@ -64,15 +64,10 @@ MODES = {
 }
 
 
-# How espeak-ng is told to say the vocabulary words it would not say as meant.
-SPOKEN = {"xray": "x-ray", "alfa": "alpha", "juliett": "juliet"}
-
-
 def synthesise(text: str, voice: str, speed: int) -> np.ndarray:
     """espeak-ng speech as 16 kHz mono float32."""
-    spoken = " ".join(SPOKEN.get(word, word) for word in text.split())
     with tempfile.TemporaryDirectory() as folder:
-        wav = speak(spoken, Path(folder) / "spoken.wav", voice, speed)
+        wav = speak(vocab.spoken(text), Path(folder) / "spoken.wav", voice, speed)
         samples, rate = sf.read(wav, dtype="float32")
     return np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
 
@@ -92,7 +87,7 @@ def words(text: str) -> str:
 
 
 def test_the_sentences_use_only_words_the_model_knows() -> None:
-    known = set((MODEL / "words.txt").read_text().split())
+    known = set((TRAINED_MODEL / "words.txt").read_text().split())
     assert {word for sentence in SENTENCES for word in sentence.split()} <= known
 
 
@@ -108,7 +103,9 @@ def clips() -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(MODEL, tmp_path_factory.mktemp("logs"), "--transcript-cache-bytes", "0")
+    running = start_server(
+        TRAINED_MODEL, tmp_path_factory.mktemp("logs"), "--transcript-cache-bytes", "0"
+    )
     yield running
     assert running.stop() == 0, running.log()
 
@@ -160,7 +157,7 @@ class Recording:
 @pytest.fixture(scope="module")
 def five_minutes() -> Recording:
     """About 5 minutes of random vocabulary sentences in held-out voices, with short pauses."""
-    vocabulary = (MODEL / "words.txt").read_text().split()
+    vocabulary = (TRAINED_MODEL / "words.txt").read_text().split()
     rng = np.random.default_rng(7)
     sentences: list[str] = []
     starts: list[float] = []
