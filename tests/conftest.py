@@ -109,7 +109,7 @@ class RunningServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and its model worker process together."""
-        return sum(_rss(pid) for pid in [self.process.pid, *self.children()])
+        return _rss(self.process.pid) + self.worker_rss_bytes()
 
     def worker_rss_bytes(self) -> int:
         """Resident memory of the server's model worker process alone."""
