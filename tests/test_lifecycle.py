@@ -217,10 +217,21 @@ def test_sigint_drains_a_stream_refuses_new_calls_and_leaves_nothing_behind(
     _wait_for_active_stream(server)
     server.process.send_signal(signal.SIGINT)
     server.wait_for(re.compile(r"shutting down"))
-    with pytest.raises(grpc.RpcError) as refused:
-        transcribe(server.stub(), pcm, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    interrupted.set()
+    try:
+        # Refused by the server with a reason, on the stream's own connection and on a new one
+        # (gRPC alone would cancel the first: CANCELLED, which clients do not retry).
+        for caller in (stub, server.stub()):
+            with pytest.raises(grpc.RpcError) as refused:
+                transcribe(
+                    caller, pcm, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (refused.value.details() or "")
+        health = health_pb2_grpc.HealthStub(server.channel())
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        interrupted.set()  # the stream ends even when an assertion above failed
     streamer.join(60)
     assert server.process.wait(60) == 0, server.log()
     responses = outcome[0]
@@ -231,6 +242,45 @@ def test_sigint_drains_a_stream_refuses_new_calls_and_leaves_nothing_behind(
     # cache by design, not a temporary file.
     assert [p.name for p in scratch.iterdir() if p.name != "mlx"] == []
     assert not [p for p in cache.rglob(".tmp-*")]  # the disk cache's half-written files
+
+
+def test_a_stream_still_open_when_the_grace_is_over_is_cut_and_the_server_exits(
+    tdt_checkpoint: Path, tmp_path: Path
+) -> None:
+    server = start_server(tdt_checkpoint, tmp_path, "--shutdown-grace-seconds", "1")
+    release = threading.Event()
+    config = pb.StreamingConfig(
+        format=pb.AudioFormat(encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000)
+    )
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield pb.StreamingTranscribeRequest(config=config)
+        yield pb.StreamingTranscribeRequest(audio=bytes(32000))
+        release.wait(60)  # a client that keeps its stream open and silent
+
+    outcome: list[object] = []
+
+    def run_stream() -> None:
+        try:
+            outcome.append(list(server.stub().StreamingTranscribe(requests(), timeout=60)))
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    streamer = threading.Thread(target=run_stream)
+    streamer.start()
+    try:
+        _wait_for_active_stream(server)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.log()
+        assert time.monotonic() - signalled < 10  # 1 s of grace, then the worker is closed
+        streamer.join(30)
+    finally:
+        release.set()
+    error = outcome[0]
+    assert isinstance(error, grpc.RpcError), error
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutdown grace over after 1.0s; cancelling calls still running: 1" in server.log()
 
 
 def _wait_for_active_stream(server: RunningServer, timeout: float = 30) -> None:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
-from parakeet_server.grpc_types import Context, Handler, ServerInterceptor
-from parakeet_server.logs import request_fields
-
-log = logging.getLogger("parakeet_server.requests")
+from parakeet_server.grpc_types import Handler, ServerInterceptor
+from parakeet_server.handlers import OPEN_SERVICES, refusal, split_method
 
 TOKEN_ENV = "PARAKEET_AUTH_TOKEN"
-
-# Load balancers and tools must reach these without a token.
-OPEN_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-)
 
 
 class TokenError(ValueError):
@@ -61,14 +51,14 @@ class TokenAuthInterceptor(ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        service, _, rpc = handler_call_details.method.lstrip("/").rpartition("/")
-        if service in OPEN_SERVICES:
+        service, rpc = split_method(handler_call_details.method)
+        if service in OPEN_SERVICES:  # load balancers and tools reach them without a token
             return await continuation(handler_call_details)
         problem = self._problem(handler_call_details.invocation_metadata or ())
         handler = await continuation(handler_call_details)
         if problem is None or handler is None:
             return handler
-        return _refusal(handler, rpc, problem)
+        return refusal(handler, rpc, grpc.StatusCode.UNAUTHENTICATED, problem)
 
     def _problem(self, metadata: Any) -> str | None:
         values = [value for key, value in metadata if key == "authorization"]
@@ -87,35 +77,3 @@ class TokenAuthInterceptor(ServerInterceptor):
                 "(its --auth-token-file or PARAKEET_AUTH_TOKEN)"
             )
         return None
-
-
-def _refusal(handler: Handler, rpc: str, message: str) -> Handler:
-    """A handler of the same shape as `handler` that only aborts with UNAUTHENTICATED."""
-
-    async def refuse(request: Any, context: Context) -> NoReturn:
-        status = grpc.StatusCode.UNAUTHENTICATED
-        log.info(
-            "request rpc=%s peer=%s status=%s message=%r",
-            rpc,
-            context.peer(),
-            status.name,
-            message,
-            extra=request_fields(rpc, "-", context.peer(), status.name, error=message),
-        )
-        await context.abort(status, message)
-
-    async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        await refuse(request, context)
-        yield  # pragma: no cover - never reached; makes this an async generator
-
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.response_streaming:
-        if handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(refuse_stream, **options)
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **options)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **options)
-    return grpc.unary_unary_rpc_method_handler(refuse, **options)

@@ -4,7 +4,6 @@ of each transcription read from the responses (`metrics`, `finalization_latency_
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,14 +11,8 @@ import grpc
 from google.protobuf.message import Message
 
 from parakeet_server.grpc_types import Context, Handler, ServerInterceptor
+from parakeet_server.handlers import response_of, responses_of, same_shape, split_method
 from parakeet_server.prometheus import ServerMetrics
-
-
-def split_method(method: str) -> tuple[str, str]:
-    """'/parakeet.v1.TranscriptionService/Transcribe' -> ('parakeet.v1.TranscriptionService',
-    'Transcribe')."""
-    service, _, rpc = method.lstrip("/").rpartition("/")
-    return service, rpc
 
 
 class MetricsInterceptor(ServerInterceptor):
@@ -42,31 +35,7 @@ class MetricsInterceptor(ServerInterceptor):
             return handler
         service, rpc = split_method(handler_call_details.method)
         call = _Call(self._metrics, service, rpc)
-        if handler.response_streaming:
-            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            wrapped_stream = call.wrap_stream(behavior)
-            make = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.request_streaming
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return make(
-                wrapped_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-        wrapped_unary = call.wrap_unary(behavior)
-        make_unary = (
-            grpc.stream_unary_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        return make_unary(
-            wrapped_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return same_shape(handler, call.wrap_unary, call.wrap_stream)
 
 
 class _Call:
@@ -80,9 +49,7 @@ class _Call:
             self._metrics.in_flight.labels(self._rpc).inc()
             code = grpc.StatusCode.UNKNOWN
             try:
-                response = behavior(request, context)
-                if inspect.isawaitable(response):
-                    response = await response
+                response = await response_of(behavior, request, context)
                 self._observe(response)
                 code = _code(context)
                 return response
@@ -99,14 +66,9 @@ class _Call:
             self._metrics.in_flight.labels(self._rpc).inc()
             code = grpc.StatusCode.UNKNOWN
             try:
-                responses = behavior(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        self._observe(response)
-                        yield response
-                elif inspect.isawaitable(responses):
-                    # A handler that writes with context.write() and returns None.
-                    await responses
+                async for response in responses_of(behavior, request, context):
+                    self._observe(response)
+                    yield response
                 code = _code(context)
             except BaseException as error:
                 code = _failure_code(error, context)

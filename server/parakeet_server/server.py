@@ -19,6 +19,7 @@ from parakeet_server import __version__
 from parakeet_server.auth import TokenAuthInterceptor, load_token
 from parakeet_server.cache import Caches
 from parakeet_server.config import ServerConfig
+from parakeet_server.drain import DrainGate
 from parakeet_server.engine.child import WorkerSpec
 from parakeet_server.engine.settings import ChunkingConfig
 from parakeet_server.engine.supervisor import RecyclePolicy, Supervisor
@@ -44,6 +45,10 @@ KEEPALIVE = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+# Once the transcription calls have drained, gRPC gets this long for their last responses to
+# leave and for health watchers to hear NOT_SERVING; a call arriving then is cancelled by gRPC.
+_TAIL_SECONDS = 1.0
 
 
 class Server:
@@ -77,7 +82,8 @@ class Server:
         self.metrics = ServerMetrics(lambda: self.models.pending)
         self.metrics_endpoint: MetricsEndpoint | None = None
         # Metrics first, so refused calls are counted too.
-        interceptors: list[ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        self.drain = DrainGate()
+        interceptors: list[ServerInterceptor] = [MetricsInterceptor(self.metrics), self.drain]
         if token is not None:
             interceptors.append(TokenAuthInterceptor(token))
         self.auth = token is not None
@@ -157,9 +163,18 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds."""
+        self.drain.close()
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
-        await self.grpc.stop(grace)
+        started = time.perf_counter()
+        if not await self.drain.drained(grace):
+            log.warning(
+                "shutdown grace over after %.1fs; cancelling calls still running: %d",
+                grace,
+                self.drain.running,
+            )
+        remaining = max(0.0, grace - (time.perf_counter() - started))
+        await self.grpc.stop(min(remaining, _TAIL_SECONDS))
         await self.models.close()
         self.close_metrics()
 
