@@ -57,7 +57,7 @@ class DrainGate(ServerInterceptor):
         they all finished."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not yet the builtin TimeoutError on Python 3.10
             return False
         return True
 
