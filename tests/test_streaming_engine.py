@@ -53,6 +53,19 @@ def test_streaming_features_equal_the_whole_signal_log_mel(model: Any, audio: np
     assert float(mx.max(mx.abs(normalised - reference))) < 1e-4
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_streaming_features_are_the_same_bits_however_the_audio_is_split(
+    model: Any, audio: np.ndarray, seed: int
+) -> None:
+    """A stream's result may not depend on how its audio came in messages: each frame's
+    features must be the same to the last bit when computed with other frames around it."""
+    whole = StreamingFeatures(model.preprocessor_config)
+    reference = np.array(mx.concatenate([whole.accept(audio), whole.finish()]))
+    split = StreamingFeatures(model.preprocessor_config)
+    frames = [split.accept(piece) for piece in _pieces(audio, seed)]
+    np.testing.assert_array_equal(np.array(mx.concatenate([*frames, split.finish()])), reference)
+
+
 def test_local_attention_equals_full_attention_inside_its_window(model: Any) -> None:
     layer = model.encoder.layers[0]
     x = mx.random.normal((1, 40, model.encoder_config.d_model), key=mx.random.key(0))
