@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from parakeet_server.testing import launcher
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parakeet-server" / "bench"
 
@@ -25,32 +25,17 @@ def checkpoint(size: str) -> Path:
 
 
 def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "parakeet_server",
-                "--model",
-                str(model),
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-                "--max-message-bytes",
-                str(256 * 1024 * 1024),
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    while True:
-        match = re.search(r"SERVING address=\S+:(\d+)", log.read_text())
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise SystemExit(log.read_text())
-        time.sleep(0.1)
+    """A server on a free port, once SERVING; its output goes to `log`."""
+    server = launcher.start_server(
+        model,
+        log.parent,
+        "--max-message-bytes",
+        str(launcher.MESSAGE_BYTES),
+        *extra,
+        log_path=log,
+        timeout=1800,  # the full-size model loads and warms in minutes on 2 cores
+    )
+    return server.process, server.port
 
 
 def speechlike(seconds: float, rng: np.random.Generator) -> bytes:

@@ -34,35 +34,10 @@ from common import checkpoint, speechlike, start_server
 
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.ops.proc import resident_bytes, tree_resident_bytes
 
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32
 MESSAGE_SECONDS = 0.1
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` alone."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and all its descendants (shared pages count once per process)."""
-    total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it ended while we looked
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
 
 
 @dataclass
@@ -206,14 +181,14 @@ def main() -> int:
         time.sleep(args.warmup_seconds)
         with results.lock:  # latencies count from the end of the warm-up
             results.latencies.clear()
-        start_rss = tree_rss_bytes(process.pid)
-        server_start = rss_bytes(process.pid)
+        start_rss = tree_resident_bytes(process.pid)
+        server_start = resident_bytes(process.pid)
         end_at = time.monotonic() + args.minutes * 60
         while time.monotonic() < end_at and process.poll() is None:
-            samples.append((time.monotonic() - began, tree_rss_bytes(process.pid)))
+            samples.append((time.monotonic() - began, tree_resident_bytes(process.pid)))
             time.sleep(min(5.0, max(0.0, end_at - time.monotonic())))
-        end_rss = tree_rss_bytes(process.pid)
-        server_end = rss_bytes(process.pid)
+        end_rss = tree_resident_bytes(process.pid)
+        server_end = resident_bytes(process.pid)
     finally:
         stop.set()
         for thread in threads:

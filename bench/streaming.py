@@ -62,16 +62,16 @@ def stream_once(stub: pb_grpc.TranscriptionServiceStub, pcm: bytes, mode: int) -
 
 def in_process_blocks(model: Path, seconds: float, block_ms: int) -> list[float]:
     """Per-block processing times of the streaming engine over `seconds` of audio."""
-    from parakeet_server.engine.blas import use_fast_blas
+    from parakeet_server.engine.runtime import use_fast_blas
 
     use_fast_blas()
     import mlx.core as mx
 
+    from parakeet_server.domain import BlockSchedule
     from parakeet_server.engine.model import ParakeetEngine
-    from parakeet_server.engine.settings import StreamingSettings
 
     engine = ParakeetEngine.load(str(model))
-    settings = StreamingSettings(block_frames=round(block_ms / 80))
+    settings = BlockSchedule(block_frames=round(block_ms / 80))
     session = engine.open_stream(settings)
     pcm = np.frombuffer(speechlike_pcm(seconds), "<i2").astype(np.float32) / 32768
     times = []

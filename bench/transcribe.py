@@ -41,7 +41,7 @@ from common import checkpoint, speechlike, start_server
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.config import ServerConfig
-from parakeet_server.engine.blas import use_fast_blas
+from parakeet_server.engine.runtime import use_fast_blas
 
 RATE = 16000
 
@@ -186,7 +186,7 @@ def cli_time(model: Path, seconds: float, repeats: int, long_repeats: int, tmp: 
     """One parakeet-mlx CLI process per file, with this server's BLAS and chunking."""
     config = ServerConfig()
     script = (
-        "import sys; from parakeet_server.engine.blas import use_fast_blas; use_fast_blas(); "
+        "import sys; from parakeet_server.engine.runtime import use_fast_blas; use_fast_blas(); "
         "from parakeet_mlx.cli import app; sys.argv[0] = 'parakeet-mlx'; app()"
     )
     variants = iter(range(1, 1000))

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 
 from audio_samples import convert, speak
 from parakeet.v1 import transcription_pb2 as pb
 from parakeet.v1 import transcription_pb2_grpc as pb_grpc
-from parakeet_server.engine.blas import use_fast_blas
 from parakeet_server.engine.checkpoint import write_checkpoint
+from parakeet_server.engine.runtime import use_fast_blas
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 # In-process engine tests load MLX too: give them the BLAS the server would have.
 use_fast_blas()
@@ -30,8 +24,6 @@ TRAINED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
 sys.path.insert(0, str(TRAINED_MODEL.parents[2] / "tools" / "train_tiny"))
 
 SENTENCE = "Please schedule the meeting for Tuesday at ten thirty, and invite the whole team."
-_SERVING = re.compile(r"SERVING address=\S+:(\d+)")
-_LISTENING = re.compile(r"listening address=\S+:(\d+)")
 
 
 @pytest.fixture(scope="session")
@@ -64,128 +56,6 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def speech_wav(speech_dir: Path) -> bytes:
     return (speech_dir / "speech.wav").read_bytes()
-
-
-@dataclass
-class RunningServer:
-    """A parakeet-server process started for a test."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    port: int = 0
-    channels: list[grpc.Channel] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def channel(self) -> grpc.Channel:
-        channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_send_message_length", 256 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ],
-        )
-        self.channels.append(channel)
-        return channel
-
-    def stub(self) -> pb_grpc.TranscriptionServiceStub:
-        return pb_grpc.TranscriptionServiceStub(self.channel())
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 120.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = pattern.search(self.log())
-            if match:
-                return match
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"server did not log {pattern.pattern!r} in {timeout}s:\n{self.log()}")
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the server and its model worker process together."""
-        return _rss(self.process.pid) + self.worker_rss_bytes()
-
-    def worker_rss_bytes(self) -> int:
-        """Resident memory of the server's model worker process alone."""
-        return sum(_rss(pid) for pid in self.children())
-
-    def children(self) -> list[int]:
-        """Process ids of the server's child processes (its model worker)."""
-        pid = self.process.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            return [int(child) for child in children.read().split()]
-
-    def stop(self, timeout: float = 30.0) -> int:
-        for channel in self.channels:
-            channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(
-                    f"server ignored SIGTERM for {timeout}s:\n{self.log()}"
-                ) from None
-        return self.process.returncode
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except FileNotFoundError:
-        return 0
-
-
-def start_server(
-    model: Path | str,
-    log_dir: Path,
-    *extra: str,
-    wait: str = "serving",
-    env: dict[str, str] | None = None,
-) -> RunningServer:
-    """Starts `python -m parakeet_server` on a free loopback port.
-
-    wait="serving" returns once the model is warm, "listening" once the port is open, and
-    "none" right away (port unknown).
-    """
-    log_path = log_dir / f"server-{time.monotonic_ns()}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "parakeet_server",
-                "--model",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *extra,
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1", **(env or {})},
-        )
-    server = RunningServer(process, log_path)
-    if wait == "none":
-        return server
-    try:
-        match = server.wait_for(_SERVING if wait == "serving" else _LISTENING)
-    except AssertionError:
-        server.stop()
-        raise
-    server.port = int(match.group(1))
-    return server
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from audio_samples import convert, speak
-from parakeet_server.audio import (
+from parakeet_server.audio.decode import (
     MAX_CHANNELS,
     DecodedAudio,
     Encoding,

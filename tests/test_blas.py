@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from parakeet_server.engine.blas import _find_openblas
+from parakeet_server.engine.runtime import _find_openblas
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or _find_openblas() is None,
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 
 _PROBE = """
 import sys, time
-from parakeet_server.engine.blas import use_fast_blas
+from parakeet_server.engine.runtime import use_fast_blas
 choice = use_fast_blas(sys.argv[1] if len(sys.argv) > 1 else None)
 import mlx.core as mx
 a = mx.random.normal((512, 512)); b = mx.random.normal((512, 512)); mx.eval(a @ b)

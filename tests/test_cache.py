@@ -17,8 +17,18 @@ import pytest
 from numpy.typing import NDArray
 
 from parakeet.v1 import transcription_pb2 as pb
-from parakeet_server.audio import Encoding
-from parakeet_server.cache import (
+from parakeet_server.api.convert import cache_stats_to_proto
+from parakeet_server.audio.decode import Encoding
+from parakeet_server.cache.codec import (
+    PCM_CODEC,
+    TRANSCRIPT_CODEC,
+    pcm_from_bytes,
+    pcm_to_bytes,
+    transcript_from_bytes,
+    transcript_to_bytes,
+)
+from parakeet_server.cache.disk import FORMAT_VERSION, LOW_WATER, MAGIC, SUFFIX, DiskStore
+from parakeet_server.cache.store import (
     Caches,
     CacheStats,
     LruCache,
@@ -27,18 +37,8 @@ from parakeet_server.cache import (
     resolve_cache_dir,
     transcript_key,
 )
-from parakeet_server.cache_codec import (
-    PCM_CODEC,
-    TRANSCRIPT_CODEC,
-    pcm_from_bytes,
-    pcm_to_bytes,
-    transcript_from_bytes,
-    transcript_to_bytes,
-)
 from parakeet_server.config import MIB, ServerConfig
-from parakeet_server.convert import cache_stats_to_proto
-from parakeet_server.disk_cache import FORMAT_VERSION, LOW_WATER, MAGIC, SUFFIX, DiskStore
-from parakeet_server.transcript import (
+from parakeet_server.domain import (
     DecodingMethod,
     Segment,
     Transcript,
@@ -326,9 +326,9 @@ def test_option_changes_cover_every_option() -> None:
 
 def test_keys_are_the_same_in_another_process() -> None:
     program = """
-from parakeet_server.audio import Encoding
-from parakeet_server.cache import audio_key, transcript_key
-from parakeet_server.transcript import DecodingMethod, TranscriptionOptions
+from parakeet_server.audio.decode import Encoding
+from parakeet_server.cache.store import audio_key, transcript_key
+from parakeet_server.domain import DecodingMethod, TranscriptionOptions
 a = audio_key(b"speech" * 99, encoding=Encoding.FLOAT32, sample_rate=44100, channels=2,
               target_rate=16000)
 print(a)
@@ -585,9 +585,9 @@ WRITER = """
 import sys
 from pathlib import Path
 import numpy as np
-from parakeet_server.cache import LruCache
-from parakeet_server.cache_codec import PCM_CODEC
-from parakeet_server.disk_cache import DiskStore
+from parakeet_server.cache.store import LruCache
+from parakeet_server.cache.codec import PCM_CODEC
+from parakeet_server.cache.disk import DiskStore
 disk = DiskStore(Path(sys.argv[1]), int(sys.argv[2]))
 for round in range(15):
     for index in range(24):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from parakeet_server.config import MIB, ServerConfig, parse_config
-from parakeet_server.engine.model import DEFAULT_MODEL
+from parakeet_server.domain import DEFAULT_MODEL
 
 
 def test_defaults_serve_the_real_model_on_50051() -> None:

@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parakeet_server.domain import (
+    BlockSchedule,
+    ChunkingConfig,
+    DecodingMethod,
+    TranscriptionOptions,
+)
 from parakeet_server.engine.model import RELEASE_EVERY_BLOCKS, ParakeetEngine
-from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings
 from parakeet_server.errors import InvalidRequest, ModelLoadError
-from parakeet_server.transcript import DecodingMethod, TranscriptionOptions
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +136,7 @@ def test_a_long_stream_gives_back_cached_memory_every_few_blocks(
     """A live stream is one request, so it cannot wait for a request's end to release what MLX
     caches and glibc keeps: the engine does it every RELEASE_EVERY_BLOCKS blocks."""
     engine = ParakeetEngine.load(str(checkpoints["tdt"]))
-    session = engine.open_stream(StreamingSettings())
+    session = engine.open_stream(BlockSchedule())
     audio = np.random.default_rng(6).normal(0, 0.1, 16000 * 120).astype(np.float32)
     fed, cached = 0, []
     for _ in range(2 * RELEASE_EVERY_BLOCKS + 2):  # one block a call

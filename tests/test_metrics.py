@@ -168,31 +168,28 @@ def test_a_metrics_port_in_use_stops_the_server_with_the_reason(tdt_checkpoint: 
 
 def test_the_metrics_module_does_not_import_mlx() -> None:
     code = (
-        "import sys, parakeet_server.prometheus, parakeet_server.metrics_interceptor; "
+        "import sys, parakeet_server.ops.prometheus, parakeet_server.api.call_metrics; "
         "assert not [m for m in sys.modules if m.startswith(('mlx', 'parakeet_mlx'))]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_cache_stats_registered_later_are_exported() -> None:
-    from dataclasses import dataclass
-
-    from parakeet_server.prometheus import ServerMetrics
-
-    @dataclass
-    class Stats:
-        max_bytes: int = 1000
-        bytes: int = 400
-        entries: int = 3
-        hits: int = 7
-        misses: int = 2
-        evictions: int = 1
-        disk_hits: int = 5
-        disk_rejected: int = 0
+    from parakeet_server.cache.store import CacheStats
+    from parakeet_server.ops.prometheus import ServerMetrics
 
     class Cache:
-        def stats(self) -> Stats:
-            return Stats()
+        def stats(self) -> CacheStats:
+            return CacheStats(
+                max_bytes=1000,
+                bytes=400,
+                entries=3,
+                hits=7,
+                misses=2,
+                evictions=1,
+                disk_hits=5,
+                disk_errors=6,
+            )
 
     metrics = ServerMetrics(lambda: 4)
     metrics.caches.register("transcripts", Cache())
@@ -208,6 +205,8 @@ def test_cache_stats_registered_later_are_exported() -> None:
     assert families["parakeet_cache_bytes"].value == 400
     assert families["parakeet_cache_max_bytes"].value == 1000
     assert families["parakeet_cache_disk_rejected_total"].value == 0
+    # Every field of the cache's figures is exported (disk_errors once was not).
+    assert families["parakeet_cache_disk_errors_total"].value == 6
     assert families["parakeet_model_queue_depth"].value == 4
 
 

@@ -47,6 +47,7 @@ def tls_server(
     tmp_path_factory: pytest.TempPathFactory,
     server_cert: Issued,
     token_file: Path,
+    ca: CertificateAuthority,
 ) -> Iterator[RunningServer]:
     """TLS with a certificate for 127.0.0.1/localhost, and a token from a file."""
     running = start_server(
@@ -54,6 +55,7 @@ def tls_server(
         tmp_path_factory.mktemp("tls"),
         *("--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key)),
         *("--auth-token-file", str(token_file)),
+        credentials=_credentials(ca.cert_path),
     )
     yield running
     assert running.stop() == 0, running.log()
@@ -74,17 +76,20 @@ def auth_server(
     assert running.stop() == 0, running.log()
 
 
+def _credentials(ca_pem: Path, client: Issued | None = None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem.read_bytes(),
+        private_key=client.key.read_bytes() if client else None,
+        certificate_chain=client.cert.read_bytes() if client else None,
+    )
+
+
 def _secure_stub(
     address: str,
     ca_pem: Path,
     client: Issued | None = None,
 ) -> tuple[grpc.Channel, pb_grpc.TranscriptionServiceStub]:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=ca_pem.read_bytes(),
-        private_key=client.key.read_bytes() if client else None,
-        certificate_chain=client.cert.read_bytes() if client else None,
-    )
-    channel = grpc.secure_channel(address, credentials)
+    channel = grpc.secure_channel(address, _credentials(ca_pem, client))
     return channel, pb_grpc.TranscriptionServiceStub(channel)
 
 
@@ -154,6 +159,7 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(
         tmp_path,
         *("--tls-cert", str(server_cert.cert), "--tls-key", str(server_cert.key)),
         *("--tls-client-ca", str(ca.cert_path)),
+        credentials=_credentials(ca.cert_path, ca.issue("health", server=False)),
     )
     try:
         channel, stub = _secure_stub(server.address, ca.cert_path, ca.issue("client", server=False))

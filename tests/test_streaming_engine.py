@@ -12,16 +12,15 @@ import pytest
 from parakeet_mlx.audio import get_logmel
 from parakeet_mlx.utils import from_pretrained
 
-from parakeet_server.engine.settings import StreamingSettings
+from parakeet_server.domain import BlockSchedule
+from parakeet_server.engine.features import StreamingFeatures, log_mel
 from parakeet_server.engine.streaming import (
-    StreamingFeatures,
     StreamingSession,
     local_attention,
-    log_mel,
     project_positions,
 )
 
-WHOLE = StreamingSettings(block_frames=100_000, lookahead_frames=0, left_context_frames=100_000)
+WHOLE = BlockSchedule(block_frames=100_000, lookahead_frames=0, left_context_frames=100_000)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_one_step_over_the_whole_stream_equals_the_full_encoder(
 def test_blocks_depend_on_audio_position_not_on_how_it_arrived(
     model: Any, audio: np.ndarray
 ) -> None:
-    settings = StreamingSettings(block_frames=6, lookahead_frames=3, left_context_frames=40)
+    settings = BlockSchedule(block_frames=6, lookahead_frames=3, left_context_frames=40)
 
     def run(pieces: list[np.ndarray], step_early: bool) -> list[int]:
         session = StreamingSession(model, settings)
@@ -120,7 +119,7 @@ def test_blocks_depend_on_audio_position_not_on_how_it_arrived(
 
 
 def test_per_step_work_is_bounded_by_block_lookahead_and_left_context(model: Any) -> None:
-    settings = StreamingSettings(block_frames=4, lookahead_frames=2, left_context_frames=10)
+    settings = BlockSchedule(block_frames=4, lookahead_frames=2, left_context_frames=10)
     session = StreamingSession(model, settings)
     rng = np.random.default_rng(6)
     for _ in range(30):
@@ -137,7 +136,7 @@ def test_per_step_work_is_bounded_by_block_lookahead_and_left_context(model: Any
 
 
 def test_samples_for_next_block_is_exact(model: Any) -> None:
-    settings = StreamingSettings(block_frames=5, lookahead_frames=2, left_context_frames=20)
+    settings = BlockSchedule(block_frames=5, lookahead_frames=2, left_context_frames=20)
     session = StreamingSession(model, settings)
     needed = session.samples_for_next_block()
     session.accept(np.zeros(needed - 1, np.float32))

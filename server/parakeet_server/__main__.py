@@ -6,8 +6,8 @@ import asyncio
 import sys
 
 from parakeet_server.config import parse_config
-from parakeet_server.engine.blas import use_fast_blas
-from parakeet_server.logs import configure_logging
+from parakeet_server.engine.runtime import use_fast_blas
+from parakeet_server.ops.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything imports mlx: an optimized BLAS must be loaded first to take effect.
     use_fast_blas(config.blas)
     configure_logging(config.log_level, config.log_format)
-    from parakeet_server.server import serve
+    from parakeet_server.api.server import serve
 
     return asyncio.run(serve(config))
 

@@ -9,10 +9,17 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from parakeet_server import __version__
-from parakeet_server.engine.model import DEFAULT_MODEL, DTYPES
-from parakeet_server.prometheus import split_address
+from parakeet_server.domain import DEFAULT_MODEL, DTYPES
 
 MIB = 1024 * 1024
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[v6]:PORT' -> (host, port); ValueError with the reason otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:9464; port 0 for any)")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_token_file: str | None = None
+    port_file: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -143,7 +151,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--chunk-batch-size",
         "chunk_batch_size",
         int,
-        "chunks of one long recording run through the encoder together (see bench/long_audio.py)",
+        "chunks of one long recording run through the encoder together (see bench/transcribe.py)",
     ),
     ("--max-streams", "max_streams", int, "streams open at once; more get RESOURCE_EXHAUSTED"),
     (
@@ -255,7 +263,19 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "file holding a bearer token every call must present (health and reflection stay "
         "open); or set the token itself in PARAKEET_AUTH_TOKEN",
     ),
+    (
+        "--port-file",
+        "port_file",
+        str,
+        "write the port the server listens on to this file once it is bound (useful with "
+        "--port 0); readiness is health's SERVING",
+    ),
 ]
+
+
+def _shown_default(value: object) -> str:
+    """'; default X' for --help, nothing for the flags that are off unless given."""
+    return "" if value in (None, "") else f"; default {value}"
 
 
 def env_name(field_name: str) -> str:
@@ -268,14 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="parakeet-server",
         description="gRPC speech-transcription server for NVIDIA Parakeet models on MLX. "
         "Every flag can also be set with the environment variable shown.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for flag, name, _, help_text in _FLAGS:
         parser.add_argument(
             flag,
             dest=name,
             default=None,
-            help=f"{help_text} [env {env_name(name)}; default {getattr(defaults, name)}]",
+            help=f"{help_text} [env {env_name(name)}{_shown_default(getattr(defaults, name))}]",
             choices=_CHOICES.get(name),
         )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -31,8 +31,8 @@ def main() -> None:
 
     import jiwer
 
+    from parakeet_server.domain import TranscriptionOptions
     from parakeet_server.engine.model import ParakeetEngine
-    from parakeet_server.transcript import TranscriptionOptions
 
     engine = ParakeetEngine.load(str(args.model.resolve()))
     clips, utts = dataset.load(args.data, "heldout")

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parakeet_server.engine.blas import use_fast_blas  # noqa: E402
+from parakeet_server.engine.runtime import use_fast_blas  # noqa: E402
 
 use_fast_blas()
 

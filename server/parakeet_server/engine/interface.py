@@ -7,9 +7,14 @@ from typing import Protocol
 
 import numpy as np
 
-from parakeet_server.engine.model import ModelInfo
-from parakeet_server.engine.settings import StreamingSettings
-from parakeet_server.transcript import BlockResult, Progress, Transcript, TranscriptionOptions
+from parakeet_server.domain import (
+    BlockResult,
+    BlockSchedule,
+    ModelInfo,
+    Progress,
+    Transcript,
+    TranscriptionOptions,
+)
 
 
 class TranscriptionEngine(Protocol):
@@ -28,7 +33,7 @@ class TranscriptionEngine(Protocol):
 
     def samples_for_frames(self, frames: int) -> int: ...
 
-    def open_stream(self, settings: StreamingSettings) -> object:
+    def open_stream(self, settings: BlockSchedule) -> object:
         """A handle for a new live stream, passed back to stream_block and stream_finish."""
 
     def stream_block(self, session: object, samples: np.ndarray) -> BlockResult: ...

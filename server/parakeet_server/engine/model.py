@@ -6,76 +6,46 @@ Not thread-safe: exactly one thread may use a ParakeetEngine (see worker.py).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from parakeet_server.engine.blas import BlasChoice, use_fast_blas
-from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
-from parakeet_server.engine.malloc import release_free_heap
-from parakeet_server.engine.settings import ChunkingConfig, StreamingSettings, samples_needed
-from parakeet_server.errors import InvalidRequest, ModelLoadError
-from parakeet_server.transcript import (
+from parakeet_server.domain import (
+    DEFAULT_MODEL,
+    DTYPES,
     BlockResult,
+    BlockSchedule,
+    ChunkingConfig,
     DecodingMethod,
+    ModelInfo,
     Progress,
     Segment,
     Transcript,
     TranscriptionOptions,
-    Word,
 )
+from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
+from parakeet_server.engine.results import sentences_to_transcript
+from parakeet_server.engine.runtime import (
+    log_blas,
+    matmul_gflops,
+    release_free_heap,
+    use_fast_blas,
+)
+from parakeet_server.errors import InvalidRequest, ModelLoadError
 
 if TYPE_CHECKING:
     from parakeet_server.engine.streaming import StreamingSession
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "mlx-community/parakeet-tdt-0.6b-v3"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # A live stream gives its freed memory back every this many blocks (~40 s of audio at 1.28 s a
 # block), so that an hour-long stream holds no more than a short one; the release costs 5-8 ms.
 RELEASE_EVERY_BLOCKS = 32
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What was loaded, and how long it took; reported by GetServerInfo and the startup log."""
-
-    model_id: str
-    kind: str  # "tdt", "rnnt", "ctc" or "tdt_ctc"
-    sample_rate: int
-    vocabulary_size: int
-    dtype: str
-    device: str
-    blas: str
-    parameter_count: int
-    min_samples: int
-    frame_seconds: float  # one encoder frame
-    # The feature front end, for scheduling stream blocks without the model at hand.
-    hop_length: int
-    win_length: int
-    n_fft: int
-    subsampling: int
-    load_seconds: float
-    warmup_seconds: float = 0.0
-    matmul_gflops: float = 0.0
-    library_versions: dict[str, str] = field(default_factory=dict)
-
-    def samples_for_frames(self, frames: int) -> int:
-        """Input samples after which the first `frames` encoder frames can be computed."""
-        return samples_needed(
-            hop_length=self.hop_length,
-            win_length=self.win_length,
-            n_fft=self.n_fft,
-            subsampling=self.subsampling,
-            frames=frames,
-        )
 
 
 def _library_versions() -> dict[str, str]:
@@ -95,7 +65,7 @@ class ParakeetEngine:
         self._model = model
         self.info = info
         self._chunking = chunking or ChunkingConfig()
-        self._stream_tables: dict[StreamingSettings, dict[str, Any]] = {}
+        self._stream_tables: dict[BlockSchedule, dict[str, Any]] = {}
         self._blocks_since_release = 0
 
     @classmethod
@@ -154,10 +124,10 @@ class ParakeetEngine:
             n_fft=preprocessor.n_fft,
             subsampling=model.encoder_config.subsampling_factor,
             load_seconds=load_seconds,
-            matmul_gflops=_matmul_gflops() if device == "cpu" else 0.0,
+            matmul_gflops=matmul_gflops() if device == "cpu" else 0.0,
             library_versions=_library_versions(),
         )
-        _log_blas(blas_choice, info)
+        log_blas(blas_choice, info)
         return cls(model, info, chunking)
 
     def warm_up(self) -> float:
@@ -213,7 +183,9 @@ class ParakeetEngine:
                 # Every sentence but the last one of the settled tokens is final: later tokens
                 # can only extend the last one.
                 sentences = tokens_to_sentences(joiner.tokens[: joiner.settled()], config.sentence)
-                settled = self._segments(sentences[emitted:-1], options.word_timestamps)
+                settled = list(
+                    sentences_to_transcript(sentences[emitted:-1], options.word_timestamps).segments
+                )
                 emitted += len(settled)
             yield Progress(
                 processed_seconds=batch[-1].end / rate,
@@ -223,7 +195,7 @@ class ParakeetEngine:
                 chunks_total=len(chunks),
             )
         sentences = tokens_to_sentences(joiner.tokens, config.sentence)
-        transcript = self._transcript(sentences, options.word_timestamps)
+        transcript = sentences_to_transcript(sentences, options.word_timestamps)
         yield Progress(
             processed_seconds=total_seconds,
             total_seconds=total_seconds,
@@ -243,7 +215,7 @@ class ParakeetEngine:
         """Input samples after which the first `frames` encoder frames can be computed."""
         return self.info.samples_for_frames(frames)
 
-    def open_stream(self, settings: StreamingSettings) -> StreamingSession:
+    def open_stream(self, settings: BlockSchedule) -> StreamingSession:
         """A new live stream on this model; the model itself is not changed."""
         from parakeet_server.engine.streaming import StreamingSession
 
@@ -311,7 +283,7 @@ class ParakeetEngine:
 
     def _release_memory(self) -> None:
         """Gives back what MLX keeps for reuse and what glibc keeps of what MLX freed; without
-        both, memory climbs with the longest inputs seen (see malloc.py)."""
+        both, memory climbs with the longest inputs seen (see runtime.py)."""
         import mlx.core as mx
 
         mx.clear_cache()
@@ -321,7 +293,7 @@ class ParakeetEngine:
     def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         import mlx.core as mx
 
-        from parakeet_server.engine.streaming import log_mel
+        from parakeet_server.engine.features import log_mel
 
         dtype = getattr(mx, self.info.dtype)
         mels = [
@@ -332,16 +304,6 @@ class ParakeetEngine:
         del mels
         results = self._model.generate(batch, decoding_config=config)
         return [list(result.tokens) for result in results]
-
-    @classmethod
-    def _segments(cls, sentences: list[Any], word_timestamps: bool) -> list[Segment]:
-        return list(cls._transcript(sentences, word_timestamps).segments)
-
-    @staticmethod
-    def _transcript(sentences: list[Any], word_timestamps: bool) -> Transcript:
-        from parakeet_mlx.alignment import sentences_to_result
-
-        return to_transcript(sentences_to_result(sentences), word_timestamps=word_timestamps)
 
     def _decoding_config(self, options: TranscriptionOptions) -> Any:
         from parakeet_mlx import Beam, DecodingConfig, Greedy, SentenceConfig
@@ -362,17 +324,6 @@ class ParakeetEngine:
             duration_reward=options.duration_reward,
         )
         return DecodingConfig(decoding=beam, sentence=sentence)
-
-
-def release_thread_resources() -> None:
-    """Destroys the calling thread's MLX streams; the last MLX call a thread makes.
-
-    Since mlx 0.32 a thread's streams must be destroyed by that thread before the interpreter
-    finalizes, or the process aborts at exit (ml-explore/mlx#4327).
-    """
-    import mlx.core as mx
-
-    mx.clear_streams()
 
 
 def _resolve_source(model_id: str) -> str:
@@ -428,79 +379,3 @@ def _flatten(tree: Any) -> list[tuple[str, Any]]:
     from mlx.utils import tree_flatten
 
     return cast("list[tuple[str, Any]]", tree_flatten(tree))
-
-
-def _matmul_gflops(n: int = 512, repeats: int = 4) -> float:
-    """A quick float32 matmul rate, to show in the startup log which BLAS is really in use."""
-    import mlx.core as mx
-
-    a = mx.random.normal((n, n))
-    b = mx.random.normal((n, n))
-    mx.eval(a @ b)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        mx.eval(a @ b)
-    seconds = (time.perf_counter() - started) / repeats
-    return 2 * n**3 / seconds / 1e9
-
-
-def _log_blas(choice: BlasChoice, info: ModelInfo) -> None:
-    if info.device != "cpu":
-        return
-    message = "blas=%s matmul=%.0fGFLOP/s (%s)"
-    if choice.name == "bundled":
-        log.warning(message, choice.name, info.matmul_gflops, choice.detail)
-    else:
-        log.info(message, choice.name, info.matmul_gflops, choice.detail)
-
-
-def _geometric_mean(values: list[float]) -> float:
-    if not values:
-        return 0.0
-    return float(math.exp(sum(math.log(v + 1e-10) for v in values) / len(values)))
-
-
-def _words(tokens: list[Any]) -> list[Word]:
-    """Groups subword tokens into words: a token whose text starts with a space opens one."""
-    groups: list[list[Any]] = []
-    for token in tokens:
-        if not groups or token.text.startswith(" "):
-            groups.append([token])
-        else:
-            groups[-1].append(token)
-    words = []
-    for group in groups:
-        text = "".join(t.text for t in group).strip()
-        if text:
-            words.append(
-                Word(
-                    text=text,
-                    start=group[0].start,
-                    end=group[-1].end,
-                    confidence=_geometric_mean([t.confidence for t in group]),
-                )
-            )
-    return words
-
-
-def to_transcript(result: Any, *, word_timestamps: bool) -> Transcript:
-    segments = []
-    word_count = 0
-    for sentence in result.sentences:
-        words = _words(sentence.tokens)
-        word_count += len(words)
-        segments.append(
-            Segment(
-                text=sentence.text.strip(),
-                start=sentence.start,
-                end=sentence.end,
-                confidence=float(sentence.confidence),
-                words=tuple(words) if word_timestamps else (),
-            )
-        )
-    return Transcript(
-        text=result.text,
-        segments=tuple(segments),
-        word_count=word_count,
-        token_ids=tuple(t.id for t in result.tokens),
-    )

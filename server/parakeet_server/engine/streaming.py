@@ -31,14 +31,16 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from parakeet_server.engine import settings as engine_settings
-from parakeet_server.engine.settings import StreamingSettings
-from parakeet_server.transcript import Transcript
+from parakeet_server import domain
+from parakeet_server.domain import BlockSchedule, Transcript
+from parakeet_server.engine.decoding import DecoderState, copy_state, ctc_greedy, transducer_greedy
+from parakeet_server.engine.features import RunningNormaliser, StreamingFeatures
+from parakeet_server.engine.results import to_transcript
 
 
 def samples_needed(preprocessor: Any, subsampling: int, frames: int) -> int:
     """Input samples after which encoder frame `frames - 1` has its whole receptive field."""
-    return engine_settings.samples_needed(
+    return domain.samples_needed(
         hop_length=preprocessor.hop_length,
         win_length=preprocessor.win_length,
         n_fft=preprocessor.n_fft,
@@ -53,182 +55,6 @@ class StepResult:
 
     committed: list[Any]
     draft: list[Any]
-
-
-# --- features -----------------------------------------------------------------------------------
-
-
-class MelProjection:
-    """`magnitude @ filterbank.T` in which each frame's result depends on that frame alone.
-
-    A matmul's last bits depend on how many rows it is given (BLAS blocks and splits them
-    differently), so a stream whose audio came in other messages got other features: ~9% of
-    them differed in the last bit, enough to change a confidence. Each mel filter covers a few
-    adjacent FFT bins (12 for the 128-mel models, 18 for 80), so the projection is a short sum
-    over bands, in elementwise numpy operations in a fixed order: the same bits for a frame
-    whatever frames are computed with it. Cost, measured for 30 s of 128-mel frames: 12 ms
-    against 5 ms for the matmul, and `log_mel` went from 54 to 58 ms (MLX's CPU gather took
-    130 ms for the same sum).
-    """
-
-    def __init__(self, filterbank: np.ndarray) -> None:
-        mels, bins = filterbank.shape
-        nonzero = filterbank != 0
-        first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
-        last = np.where(nonzero.any(axis=1), bins - nonzero[:, ::-1].argmax(axis=1), 0)
-        rows = np.arange(mels)
-        self._terms: list[tuple[np.ndarray, np.ndarray]] = []
-        for offset in range(int((last - first).max(initial=0))):
-            column = np.minimum(first + offset, bins - 1)
-            weight = np.where(first + offset < last, filterbank[rows, column], 0.0)
-            self._terms.append((column, weight.astype(np.float32)))
-        self.size = mels
-
-    def __call__(self, magnitude: np.ndarray) -> np.ndarray:
-        """(T, bins) -> (T, mels), float32."""
-        out = np.zeros((magnitude.shape[0], self.size), np.float32)
-        for column, weight in self._terms:
-            out += magnitude[:, column] * weight
-        return out
-
-
-class StreamingFeatures:
-    """Log-mel frames of a growing signal, each computed once, equal to parakeet-mlx's STFT.
-
-    parakeet-mlx (`get_logmel`) pre-emphasises, reflect-pads n_fft/2 samples at both ends,
-    frames every hop with a `win_length` window, and takes |re|+|im| squared through the mel
-    filterbank. Frames whose window lies inside the signal are final as soon as their samples
-    arrive; the last few wait for the end-of-stream reflection.
-    """
-
-    def __init__(self, preprocessor: Any) -> None:
-        self._args = preprocessor
-        self._hop = preprocessor.hop_length
-        self._win = preprocessor.win_length
-        self._pad = preprocessor.n_fft // 2
-        from parakeet_mlx.audio import bartlett, blackman, hamming, hanning
-
-        windows = {"hann": hanning, "hanning": hanning, "hamming": hamming}
-        windows.update({"blackman": blackman, "bartlett": bartlett})
-        self._window = windows[preprocessor.window](self._win).astype(mx.float32)
-        self._project = MelProjection(np.array(preprocessor._filterbanks, dtype=np.float32))
-        self._head: np.ndarray = np.zeros(0, np.float32)  # raw samples until the pad is known
-        self._signal = np.zeros(0, np.float32)  # padded, pre-emphasised, from frame `_next`
-        self._offset = 0  # index in the padded signal of self._signal[0]
-        self._next = 0  # next frame to compute
-        self._last_raw = 0.0
-        self._samples = 0
-        self._started = False
-
-    @property
-    def samples(self) -> int:
-        return self._samples
-
-    def _emphasise(self, samples: np.ndarray) -> np.ndarray:
-        preemph = self._args.preemph
-        if preemph is None or samples.size == 0:
-            return samples.astype(np.float32, copy=False)
-        previous = np.concatenate([[self._last_raw], samples[:-1]]).astype(np.float32)
-        out = samples - np.float32(preemph) * previous
-        if self._samples == 0:
-            out[0] = samples[0]  # the first sample passes unchanged
-        return np.asarray(out, dtype=np.float32)
-
-    def accept(self, samples: np.ndarray) -> mx.array:
-        """Adds samples; returns the raw (unnormalised) log-mel frames now complete, (T, mels)."""
-        emphasised = self._emphasise(samples)
-        if samples.size:
-            self._last_raw = float(samples[-1])
-        self._samples += samples.size
-        if not self._started:
-            self._head = np.concatenate([self._head, emphasised])
-            if self._head.size <= self._pad:
-                return self._empty()
-            # Reflect padding at the start needs samples 1..pad of the signal.
-            prefix = self._head[1 : self._pad + 1][::-1]
-            self._signal = np.concatenate([prefix, self._head])
-            self._head = np.zeros(0, np.float32)
-            self._started = True
-        else:
-            self._signal = np.concatenate([self._signal, emphasised])
-        return self._frames(final=False)
-
-    def finish(self) -> mx.array:
-        """Ends the signal; returns the last frames (with the end reflection)."""
-        if not self._started:
-            return self._empty()  # shorter than the pad: too short for the model anyway
-        tail = self._signal[-(self._pad + 1) : -1][::-1]
-        self._signal = np.concatenate([self._signal, tail])
-        return self._frames(final=True)
-
-    def _empty(self) -> mx.array:
-        return mx.zeros((0, self._project.size), mx.float32)
-
-    def _frames(self, *, final: bool) -> mx.array:
-        total = (self._samples + 2 * self._pad - self._win + self._hop) // self._hop
-        available = (self._offset + self._signal.size - self._win) // self._hop + 1
-        end = total if final else min(available, total)
-        count = end - self._next
-        if count <= 0:
-            return self._empty()
-        start = self._next * self._hop - self._offset
-        windows = np.lib.stride_tricks.sliding_window_view(self._signal, self._win)
-        frames = mx.array(windows[start : start + (count - 1) * self._hop + 1 : self._hop])
-        frames = frames * self._window
-        spectrum = mx.fft.rfft(frames, n=self._args.n_fft)
-        magnitude = mx.abs(mx.real(spectrum)) + mx.abs(mx.imag(spectrum))
-        if self._args.mag_power != 1.0:
-            magnitude = mx.power(magnitude, self._args.mag_power)
-        mel = mx.log(mx.array(self._project(np.array(magnitude, dtype=np.float32))) + 1e-5)
-        self._next = end
-        keep_from = self._next * self._hop - self._offset
-        self._signal = self._signal[keep_from:]
-        self._offset += keep_from
-        return mel
-
-
-def log_mel(samples: np.ndarray, preprocessor: Any) -> mx.array:
-    """parakeet-mlx's `get_logmel` features of a whole signal, (1, T, mels).
-
-    Numerically the same (tested), but `get_logmel`'s STFT frames the padded signal with
-    `as_strided` and reads up to 112 samples past its end (multiplied by the zero tail of the
-    window); on a buffer ending at a page boundary that is a segfault, seen once in CI on a 45 s
-    request. Framing here never leaves the signal.
-    """
-    if preprocessor.pad_to > 0 and samples.size < preprocessor.pad_to:
-        padding = np.full(preprocessor.pad_to - samples.size, preprocessor.pad_value, np.float32)
-        samples = np.concatenate([samples, padding])
-    features = StreamingFeatures(preprocessor)
-    raw = mx.concatenate([features.accept(samples), features.finish()])
-    if preprocessor.normalize == "per_feature":
-        mean, std = mx.mean(raw, axis=0), mx.std(raw, axis=0)
-    else:
-        mean, std = mx.mean(raw), mx.std(raw)
-    normalised: mx.array = ((raw - mean) / (std + 1e-5))[None]
-    return normalised
-
-
-class RunningNormaliser:
-    """Per-feature mean/std normalisation with statistics of the frames given to update()."""
-
-    def __init__(self, features: int) -> None:
-        self._count = 0
-        self._sum = np.zeros(features, np.float64)
-        self._squares = np.zeros(features, np.float64)
-
-    def update(self, frames: np.ndarray) -> None:
-        self._count += frames.shape[0]
-        self._sum += frames.sum(axis=0)
-        self._squares += np.square(frames, dtype=np.float64).sum(axis=0)
-
-    def __call__(self, frames: mx.array) -> mx.array:
-        mean = self._sum / max(self._count, 1)
-        variance = np.maximum(self._squares / max(self._count, 1) - mean**2, 0.0)
-        std = np.sqrt(variance)
-        normalised: mx.array = (frames - mx.array(mean, mx.float32)) / (
-            mx.array(std, mx.float32) + 1e-5
-        )
-        return normalised
 
 
 # --- encoder ------------------------------------------------------------------------------------
@@ -301,14 +127,6 @@ class _LayerCache:
     conv: mx.array | None = None  # GLU outputs of the last committed frames, (1, k-1/2, d)
 
 
-@dataclass
-class _DecoderState:
-    last_token: int | None = None
-    hidden: Any = None
-    overshoot: int = 0  # TDT durations may jump past a block's end
-    previous_ctc: int = -1
-
-
 class StreamingSession:
     """One live stream: feed samples, read committed and draft tokens, finish.
 
@@ -318,13 +136,13 @@ class StreamingSession:
     def __init__(
         self,
         model: Any,
-        settings: StreamingSettings | None = None,
+        settings: BlockSchedule | None = None,
         shared: dict[str, Any] | None = None,
     ) -> None:
         from parakeet_mlx import ParakeetCTC, ParakeetRNNT, ParakeetTDT
 
         self._model = model
-        self._settings = settings or StreamingSettings()
+        self._settings = settings or BlockSchedule()
         # Weight-derived tables that every stream with these settings can reuse.
         self._shared = shared if shared is not None else {}
         self._encoder = model.encoder
@@ -337,7 +155,7 @@ class StreamingSession:
         self._committed_frames = 0  # encoder frames committed so far
         self._caches = [_LayerCache() for _ in self._encoder.layers]
         self._conv_context = (model.encoder_config.conv_kernel_size - 1) // 2
-        self._state = _DecoderState()
+        self._state = DecoderState()
         self._is_ctc = isinstance(model, ParakeetCTC)
         self._is_tdt = isinstance(model, ParakeetTDT)
         if not (self._is_ctc or self._is_tdt or isinstance(model, ParakeetRNNT)):
@@ -403,8 +221,6 @@ class StreamingSession:
 
     def transcript(self, sentence_config: Any, *, word_timestamps: bool) -> Transcript:
         from parakeet_mlx.alignment import sentences_to_result, tokens_to_sentences
-
-        from parakeet_server.engine.model import to_transcript
 
         result = sentences_to_result(tokens_to_sentences(list(self.tokens), sentence_config))
         return to_transcript(result, word_timestamps=word_timestamps)
@@ -512,11 +328,11 @@ class StreamingSession:
     def _decode(self, features: mx.array, first_frame: int, *, commit: bool) -> list[Any]:
         if features.shape[1] == 0:
             return []
-        state = self._state if commit else _copy_state(self._state)
+        state = self._state if commit else copy_state(self._state)
         if self._is_ctc:
-            tokens = _ctc_greedy(self._model, features, first_frame, state)
+            tokens = ctc_greedy(self._model, features, first_frame, state)
         else:
-            tokens = _transducer_greedy(self._model, features, first_frame, state, self._is_tdt)
+            tokens = transducer_greedy(self._model, features, first_frame, state, self._is_tdt)
         return tokens
 
 
@@ -537,102 +353,10 @@ def _leaves(tree: Any) -> list[Any]:
     return [value for _, value in flat]
 
 
-def _copy_state(state: _DecoderState) -> _DecoderState:
-    return _DecoderState(state.last_token, state.hidden, state.overshoot, state.previous_ctc)
-
-
-def _confidence(logits: mx.array) -> float:
-    """parakeet-mlx's entropy-based confidence of one token distribution."""
-    probs = mx.softmax(logits, axis=-1)
-    entropy = -mx.sum(probs * mx.log(probs + 1e-10), axis=-1)
-    return float(1.0 - entropy / math.log(logits.shape[-1]))
-
-
-def _transducer_greedy(
-    model: Any, features: mx.array, first_frame: int, state: _DecoderState, tdt: bool
-) -> list[Any]:
-    """Greedy TDT/RNN-T decoding that carries its state (and TDT overshoot) across blocks."""
-    from parakeet_mlx.alignment import AlignedToken
-    from parakeet_mlx.tokenizer import decode
-
-    vocabulary = model.vocabulary
-    blank = len(vocabulary)
-    ratio = model.time_ratio
-    length = features.shape[1]
-    step = state.overshoot
-    symbols = 0
-    tokens = []
-    while step < length:
-        last = mx.array([[state.last_token]]) if state.last_token is not None else None
-        decoder_out, (hidden, cell) = model.decoder(last, state.hidden)
-        decoder_out = decoder_out.astype(features.dtype)
-        joint = model.joint(features[:, step : step + 1], decoder_out)[0, 0]
-        logits = joint[:, : blank + 1] if tdt else joint
-        token = int(mx.argmax(logits))
-        duration = model.durations[int(mx.argmax(joint[:, blank + 1 :]))] if tdt else None
-        if token != blank:
-            tokens.append(
-                AlignedToken(
-                    token,
-                    start=(first_frame + step) * ratio,
-                    duration=(duration if duration is not None else 1) * ratio,
-                    confidence=_confidence(logits),
-                    text=decode([token], vocabulary),
-                )
-            )
-            state.last_token = token
-            state.hidden = (hidden.astype(features.dtype), cell.astype(features.dtype))
-        if tdt:
-            assert duration is not None
-            step += duration
-            symbols = 0 if duration else symbols + 1
-        elif token == blank:
-            step += 1
-            symbols = 0
-        else:
-            symbols += 1
-        if model.max_symbols is not None and symbols >= model.max_symbols:
-            step += 1
-            symbols = 0
-    state.overshoot = step - length
-    return tokens
-
-
-def _ctc_greedy(
-    model: Any, features: mx.array, first_frame: int, state: _DecoderState
-) -> list[Any]:
-    """Greedy CTC over one block, collapsing repeats across the block boundary."""
-    from parakeet_mlx.alignment import AlignedToken
-    from parakeet_mlx.tokenizer import decode
-
-    logits = model.decoder(features)[0]
-    best = np.array(mx.argmax(logits, axis=-1))
-    probs = np.array(mx.max(mx.softmax(logits, axis=-1), axis=-1))
-    blank = len(model.vocabulary)
-    tokens = []
-    previous = state.previous_ctc
-    for frame, token in enumerate(best.tolist()):
-        if token != blank and token != previous:
-            tokens.append(
-                AlignedToken(
-                    token,
-                    start=(first_frame + frame) * model.time_ratio,
-                    duration=model.time_ratio,
-                    confidence=float(probs[frame]),
-                    text=decode([token], model.vocabulary),
-                )
-            )
-        previous = token
-    state.previous_ctc = previous
-    return tokens
-
-
 __all__ = [
+    "BlockSchedule",
     "StepResult",
-    "StreamingFeatures",
     "StreamingSession",
-    "StreamingSettings",
     "local_attention",
-    "log_mel",
     "project_positions",
 ]

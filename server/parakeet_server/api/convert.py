@@ -1,0 +1,230 @@
+"""Translation between the parakeet.v1 protos and the domain types, with request validation."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+
+from parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.audio.decode import Encoding
+from parakeet_server.cache.store import CacheStats
+from parakeet_server.domain import (
+    DecodingMethod,
+    Progress,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+)
+from parakeet_server.errors import InvalidRequest
+from parakeet_server.ops.perf import RequestFigures
+from parakeet_server.pipeline.live import Final, FinalizationMode, Partial, StreamRequest
+from parakeet_server.pipeline.unary import UnaryRequest
+
+MAX_BEAM_SIZE = 32
+
+_ENCODINGS: dict[int, Encoding] = {
+    pb.AudioFormat.ENCODING_UNSPECIFIED: Encoding.CONTAINER,
+    pb.AudioFormat.ENCODING_LINEAR16: Encoding.LINEAR16,
+    pb.AudioFormat.ENCODING_FLOAT32: Encoding.FLOAT32,
+}
+
+
+def encoding_from_proto(value: int) -> Encoding:
+    try:
+        return _ENCODINGS[value]
+    except KeyError:
+        raise InvalidRequest(
+            f"format.encoding {value} is unknown; use ENCODING_UNSPECIFIED (a container file), "
+            "ENCODING_LINEAR16 or ENCODING_FLOAT32"
+        ) from None
+
+
+def unary_request_from_proto(
+    request: pb.TranscribeRequest | pb.TranscribeLongRequest, deadline: float | None
+) -> UnaryRequest:
+    """Validates a Transcribe or TranscribeLong request's options and format."""
+    return UnaryRequest(
+        audio=request.audio,
+        encoding=encoding_from_proto(request.format.encoding),
+        sample_rate=request.format.sample_rate_hertz,
+        channels=request.format.channel_count,
+        options=options_from_proto(request.options),
+        digest=request.audio_sha256,
+        deadline=deadline,
+    )
+
+
+def _seconds(duration: Duration, name: str) -> float | None:
+    seconds = duration.seconds + duration.nanos / 1e9
+    if seconds < 0:
+        raise InvalidRequest(f"options.segmentation.{name} must not be negative")
+    return seconds or None
+
+
+def options_from_proto(options: pb.TranscriptionOptions) -> TranscriptionOptions:
+    """Validates the client's options and fills in the defaults."""
+    defaults = TranscriptionOptions()
+    if options.decoding_method not in (
+        pb.DECODING_METHOD_UNSPECIFIED,
+        pb.DECODING_METHOD_GREEDY,
+        pb.DECODING_METHOD_BEAM,
+    ):
+        raise InvalidRequest(f"options.decoding_method {options.decoding_method} is unknown")
+    beam_size = options.beam_size or defaults.beam_size
+    if not 1 <= beam_size <= MAX_BEAM_SIZE:
+        raise InvalidRequest(
+            f"options.beam_size must be between 1 and {MAX_BEAM_SIZE}, not {options.beam_size}"
+        )
+    length_penalty = (
+        options.length_penalty if options.HasField("length_penalty") else defaults.length_penalty
+    )
+    patience = options.patience if options.HasField("patience") else defaults.patience
+    if patience < 1.0:
+        raise InvalidRequest(f"options.patience must be at least 1.0, not {patience}")
+    duration_reward = (
+        options.duration_reward if options.HasField("duration_reward") else defaults.duration_reward
+    )
+    if not 0.0 <= duration_reward <= 1.0:
+        raise InvalidRequest(
+            f"options.duration_reward must be between 0 and 1, not {duration_reward}"
+        )
+    segmentation = options.segmentation
+    if segmentation.max_words < 0:
+        raise InvalidRequest("options.segmentation.max_words must not be negative")
+    return TranscriptionOptions(
+        word_timestamps=options.word_timestamps,
+        decoding=(
+            DecodingMethod.BEAM
+            if options.decoding_method == pb.DECODING_METHOD_BEAM
+            else DecodingMethod.GREEDY
+        ),
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        patience=patience,
+        duration_reward=duration_reward,
+        max_words=segmentation.max_words or None,
+        max_silence_seconds=_seconds(segmentation.max_silence, "max_silence"),
+        max_segment_seconds=_seconds(segmentation.max_duration, "max_duration"),
+    )
+
+
+def duration(seconds: float) -> Duration:
+    value = Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def transcript_to_proto(transcript: Transcript) -> pb.Transcript:
+    return pb.Transcript(
+        text=transcript.text, segments=[segment_to_proto(s) for s in transcript.segments]
+    )
+
+
+def segment_to_proto(segment: Segment) -> pb.Segment:
+    return pb.Segment(
+        text=segment.text,
+        start_time=duration(segment.start),
+        end_time=duration(segment.end),
+        confidence=segment.confidence,
+        words=[
+            pb.Word(
+                text=word.text,
+                start_time=duration(word.start),
+                end_time=duration(word.end),
+                confidence=word.confidence,
+            )
+            for word in segment.words
+        ],
+    )
+
+
+def progress_to_proto(progress: Progress, request_id: str) -> pb.TranscribeLongResponse:
+    """One TranscribeLong response for a step (the caller adds the last one's transcript)."""
+    return pb.TranscribeLongResponse(
+        audio_processed_seconds=progress.processed_seconds,
+        audio_total_seconds=progress.total_seconds,
+        segments=[segment_to_proto(s) for s in progress.segments],
+        request_id=request_id,
+    )
+
+
+def metrics_to_proto(figures: RequestFigures) -> pb.RequestMetrics:
+    return pb.RequestMetrics(
+        audio_seconds=figures.audio_seconds,
+        processing_seconds=figures.processing_seconds,
+        real_time_factor=figures.real_time_factor,
+        word_count=figures.word_count,
+        words_per_second=figures.words_per_second,
+        cache_hit=figures.cache_hit,
+        milliseconds_per_word=figures.milliseconds_per_word,
+        audio_decode_seconds=figures.decode_seconds,
+        queue_seconds=figures.queue_seconds,
+        inference_seconds=figures.inference_seconds,
+        audio_cache_hit=figures.audio_cache_hit,
+        chunk_count=figures.chunk_count,
+    )
+
+
+def cache_stats_to_proto(stats: CacheStats) -> pb.CacheStats:
+    return pb.CacheStats(
+        max_bytes=stats.max_bytes,
+        bytes=stats.bytes,
+        entries=stats.entries,
+        hits=stats.hits,
+        misses=stats.misses,
+        evictions=stats.evictions,
+        disk_hits=stats.disk_hits,
+        disk_rejected=stats.disk_rejected,
+        disk_errors=stats.disk_errors,
+    )
+
+
+_MODES = {
+    pb.FINALIZATION_MODE_UNSPECIFIED: FinalizationMode.AUTO,
+    pb.FINALIZATION_MODE_AUTO: FinalizationMode.AUTO,
+    pb.FINALIZATION_MODE_STREAMING: FinalizationMode.STREAMING,
+    pb.FINALIZATION_MODE_FULL_CONTEXT: FinalizationMode.FULL_CONTEXT,
+}
+MAX_STREAM_CHANNELS = 2
+
+
+def stream_request_from_proto(config: pb.StreamingConfig) -> StreamRequest:
+    """Validates a stream's first message. Format problems are InvalidAudio, as for Transcribe."""
+    if config.finalization_mode not in _MODES:
+        raise InvalidRequest(f"finalization_mode {config.finalization_mode} is unknown")
+    encoding = encoding_from_proto(config.format.encoding)
+    if encoding is Encoding.CONTAINER:
+        raise InvalidRequest(
+            "a stream carries raw PCM: set format.encoding to ENCODING_LINEAR16 or "
+            "ENCODING_FLOAT32, and format.sample_rate_hertz (container files go to Transcribe)"
+        )
+    if not 0 <= config.format.channel_count <= MAX_STREAM_CHANNELS:
+        raise InvalidRequest(
+            f"format.channel_count {config.format.channel_count}: streams take 1 or 2 channels"
+        )
+    return StreamRequest(
+        encoding=encoding,
+        sample_rate=config.format.sample_rate_hertz,
+        channels=config.format.channel_count,
+        interim_results=config.interim_results,
+        options=options_from_proto(config.options),
+        mode=_MODES[config.finalization_mode],
+    )
+
+
+def partial_to_proto(partial: Partial) -> pb.StreamingTranscribeResponse:
+    return pb.StreamingTranscribeResponse(
+        finalized_text=partial.finalized_text,
+        draft_text=partial.draft_text,
+        audio_processed_seconds=partial.audio_processed_seconds,
+    )
+
+
+def final_to_proto(final: Final, latency_seconds: float) -> pb.StreamingTranscribeResponse:
+    return pb.StreamingTranscribeResponse(
+        finalized_text=final.finalized_text,
+        is_final=True,
+        audio_processed_seconds=final.figures.audio_seconds,
+        transcript=transcript_to_proto(final.transcript),
+        metrics=metrics_to_proto(final.figures),
+        finalization_latency_seconds=latency_seconds,
+    )
