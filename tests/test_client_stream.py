@@ -24,9 +24,9 @@ import soundfile as sf
 from google.protobuf import duration_pb2
 
 from audio_samples import convert, speak
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client import cli
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client.stream import (
     MIC_INSTALL_HINT,
     Renderer,

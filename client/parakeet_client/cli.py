@@ -17,8 +17,8 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client.stream import (
     Microphone,
     MicrophoneUnavailable,

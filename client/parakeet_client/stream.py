@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 
 __all__ = [
     "MIC_BLOCK_MS",
