@@ -32,8 +32,8 @@ import grpc
 import numpy as np
 from common import checkpoint, speechlike, start_server
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.ops.proc import resident_bytes, tree_resident_bytes
 
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32

@@ -38,8 +38,8 @@ import numpy as np
 import soundfile as sf
 from common import checkpoint, speechlike, start_server
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.config import ServerConfig
 from parakeet_server.engine.runtime import use_fast_blas
 

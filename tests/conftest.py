@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from audio_samples import convert, speak
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.engine.checkpoint import write_checkpoint
 from parakeet_server.engine.runtime import use_fast_blas
 from parakeet_server.testing.launcher import RunningServer, start_server

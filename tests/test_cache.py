@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.api.convert import cache_stats_to_proto
 from parakeet_server.audio.decode import Encoding
 from parakeet_server.cache.codec import (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import RunningServer, start_server, transcribe
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 
 
 def _info(server: RunningServer) -> pb.GetServerInfoResponse:

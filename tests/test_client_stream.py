@@ -24,16 +24,11 @@ import soundfile as sf
 from google.protobuf import duration_pb2
 
 from audio_samples import convert, speak
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client import cli
-from parakeet_client.stream import (
-    MIC_INSTALL_HINT,
-    Renderer,
-    UnreadableAudio,
-    read_pcm,
-    requests,
-)
+from parakeet_client.audio import UnreadableAudio, read_pcm
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.stream import MIC_INSTALL_HINT, Renderer, requests
 
 CONFIG = pb.StreamingConfig(
     format=pb.AudioFormat(
@@ -285,8 +280,25 @@ def test_mic_without_sounddevice_exits_2_with_the_install_hint(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"parakeet-client: {MIC_INSTALL_HINT}\n"
-    assert "pip install 'parakeet-server[mic]'" in captured.err
+    assert "pip install 'parakeet-client[mic]'" in captured.err
     assert "libportaudio2" in captured.err
+
+
+# --- a file without the audio extra -------------------------------------------------------------
+
+
+def test_file_without_the_audio_extra_exits_2_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], audio: Path
+) -> None:
+    # What a bare `pip install parakeet-client` sees: no soundfile, so no parakeet_client.audio.
+    monkeypatch.delitem(sys.modules, "parakeet_client.audio", raising=False)
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    assert cli.main(["--server", "127.0.0.1:1", "stream", str(audio / "mono.wav")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"parakeet-client: {cli.AUDIO_INSTALL_HINT} (")
+    assert "pip install 'parakeet-client[audio]'" in captured.err
+    assert "soundfile" in captured.err
 
 
 # --- the stream command against a fake server ---------------------------------------------------

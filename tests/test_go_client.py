@@ -15,7 +15,7 @@ import soundfile
 from google.protobuf import json_format
 
 from conftest import RunningServer, transcribe
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 
 GO = shutil.which("go")
 GO_MODULE = Path(__file__).resolve().parent.parent / "client" / "go"

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "server" / "parakeet_server"
 # Who may import what from outside: MLX only in the model process's engine, gRPC only in the
 # API layer (and the test launcher, which is a client).
 MLX = ("mlx", "parakeet_mlx")
-GRPC = ("grpc", "grpc_health", "grpc_reflection", "parakeet.v1")
+GRPC = ("grpc", "grpc_health", "grpc_reflection", "parakeet_client")
 ALLOWED = {
     "engine": {*MLX},
     "api": {*GRPC},

@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import RunningServer, start_server, transcribe
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 
 SERVICE = "parakeet.v1.TranscriptionService"
 

@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 
 from conftest import RunningServer, start_server, transcribe
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 from conftest import RunningServer
 
@@ -179,6 +180,26 @@ def test_describe_shows_the_promised_names(
     described = _grpcurl(server, "describe", symbol)
     for line in expected:
         assert line in described, described
+
+
+def test_reflection_serves_the_contract_under_its_proto_file_name(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    # Tools that fetch the contract by file (grpcurl -protoset-out, imports in other files) see the
+    # .proto path and package, whatever module path the Python stubs have.
+    protoset = tmp_path / "contract.protoset"
+    flags = [str(GRPCURL), "-plaintext", "-protoset-out", str(protoset)]
+    result = subprocess.run(
+        [*flags, server.address, "describe", "parakeet.v1.TranscriptionService"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    fileset = descriptor_pb2.FileDescriptorSet.FromString(protoset.read_bytes())
+    files = {f.name: f for f in fileset.file}
+    assert set(files) == {"parakeet/v1/transcription.proto", "google/protobuf/duration.proto"}
+    assert files["parakeet/v1/transcription.proto"].package == "parakeet.v1"
 
 
 def test_transcribe_with_base64_wav(server: RunningServer, speech_wav: bytes) -> None:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from conftest import RunningServer, start_server
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.config import ServerConfig
 
 ENVOY = Path(__file__).resolve().parent.parent / "deploy" / "envoy.yaml"

@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from certs import CertificateAuthority, Issued
 from conftest import RunningServer, start_server, transcribe
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from scrape import Samples, delta, scrape, scrape_until
 
 TOKEN = "s3cret-token_for.tests"

@@ -16,8 +16,8 @@ import pytest
 import soundfile
 
 from conftest import RunningServer, start_server, stream, transcribe
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 
 LINEAR16 = pb.AudioFormat.ENCODING_LINEAR16
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32

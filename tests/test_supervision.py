@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import RunningServer, start_server, transcribe
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.workers.remote import describe_exit
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -25,7 +25,7 @@ import vocab
 
 from audio_samples import speak
 from conftest import TRAINED_MODEL, RunningServer, start_server, stream, transcribe
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import Chunk, plan_chunks
 
 RATE = 16000

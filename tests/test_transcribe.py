@@ -11,8 +11,8 @@ import pytest
 import soundfile
 
 from conftest import RunningServer, transcribe
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 
 
 def _seconds(duration: object) -> float:

@@ -17,19 +17,21 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client.stream import (
     Microphone,
     MicrophoneUnavailable,
     Renderer,
-    UnreadableAudio,
     chunk_requests,
-    read_pcm,
     requests,
 )
 
 DEFAULT_SERVER = "localhost:50051"
+AUDIO_INSTALL_HINT = (
+    "stream FILE decodes audio with numpy, soundfile and PyAV, which the bare client leaves out: "
+    "pip install 'parakeet-client[audio]'"
+)
 TOKEN_ENV = "PARAKEET_AUTH_TOKEN"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
@@ -200,6 +202,11 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
             timeout = None
         else:
             try:
+                # Imported here: the bare client (transcribe, info, --mic) needs no numpy.
+                from parakeet_client.audio import UnreadableAudio, read_pcm
+            except (ImportError, OSError) as error:  # OSError: soundfile without libsndfile
+                return _fail(f"{AUDIO_INSTALL_HINT} ({error})", EXIT_USAGE)
+            try:
                 pcm, rate, channels = read_pcm(args.file)
             except OSError as error:
                 return _fail(f"cannot read {args.file}: {error.strerror}", EXIT_USAGE)
@@ -354,12 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = stream.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "file", nargs="?", help="an audio file (WAV, FLAC, OGG, MP3, m4a, ...), sent as LINEAR16"
+        "file",
+        nargs="?",
+        help="an audio file (WAV, FLAC, OGG, MP3, m4a, ...), sent as LINEAR16 "
+        "(pip install 'parakeet-client[audio]')",
     )
     source.add_argument(
         "--mic",
         action="store_true",
-        help="record from the default microphone until Ctrl-C (pip install 'parakeet-server[mic]')",
+        help="record from the default microphone until Ctrl-C (pip install 'parakeet-client[mic]')",
     )
     stream.add_argument(
         "--realtime", action="store_true", help="send the file no faster than it plays"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.duration_pb2 import Duration
 
-from parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.audio.decode import Encoding
 from parakeet_server.cache.store import CacheStats
 from parakeet_server.domain import (

@@ -13,8 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
 from parakeet_server.api.auth import TokenAuthInterceptor, load_token
 from parakeet_server.api.call_metrics import MetricsInterceptor

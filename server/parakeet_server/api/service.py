@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 
 import grpc
 
-from parakeet.v1 import transcription_pb2 as pb
-from parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server import __version__
 from parakeet_server.api.convert import (
     cache_stats_to_proto,

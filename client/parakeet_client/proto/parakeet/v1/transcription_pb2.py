@@ -29,7 +29,7 @@ DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparakeet/v1/tr
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parakeet.v1.transcription_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parakeet_client.proto.parakeet.v1.transcription_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZOgithub.com/parakeet-server/parakeet-server/client/go/gen/parakeet/v1;parakeetv1'

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from parakeet.v1 import transcription_pb2 as parakeet_dot_v1_dot_transcription__pb2
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as parakeet_dot_v1_dot_transcription__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
