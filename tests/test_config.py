@@ -73,3 +73,20 @@ def test_cache_flags_and_their_environment_twins() -> None:
 def test_ipv6_hosts_are_bracketed() -> None:
     assert ServerConfig(host="::1", port=1).address == "[::1]:1"
     assert ServerConfig(host="127.0.0.1", port=1).address == "127.0.0.1:1"
+
+
+def test_help_shows_real_defaults_and_cites_files_that_exist(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import re
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        parse_config(["--help"], environ={})
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "None" not in help_text
+    assert "default 50051" in help_text
+    root = Path(__file__).resolve().parents[1]
+    cited = re.findall(r"\b(?:bench|tools|deploy)/[\w./-]+\.\w+", help_text)
+    assert cited, "the help cites the chunk-batch benchmark"
+    assert all((root / path).exists() for path in cited), cited

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from parakeet_server.audio.decode import DecodedAudio, Encoding
 from parakeet_server.cache.recordings import Recording, RecordingLoader
 from parakeet_server.domain import Progress, Transcript, TranscriptionOptions
+from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.errors import ModelUnavailable, RequestTooLarge
 from parakeet_server.ops.perf import RequestFigures
 from parakeet_server.workers.process import ModelProcess
-from parakeet_server.workers.remote import RemoteEngine
 from parakeet_server.workers.supervisor import Supervisor
 
 
@@ -50,7 +50,7 @@ class UnaryJob:
     def __init__(
         self,
         process: ModelProcess,
-        engine: RemoteEngine,
+        engine: TranscriptionEngine,
         recordings: RecordingLoader,
         recording: Recording,
         request: UnaryRequest,
