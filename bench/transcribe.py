@@ -99,7 +99,7 @@ def floor_times(
     from parakeet_mlx.utils import from_pretrained
 
     from parakeet_server.engine.chunking import plan_chunks
-    from parakeet_server.engine.streaming import log_mel
+    from parakeet_server.engine.features import log_mel
 
     config = ServerConfig()
     model = from_pretrained(str(model_path), dtype=mx.float32)

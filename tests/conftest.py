@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from audio_samples import convert, speak
@@ -88,7 +89,7 @@ def transcribe(
     stub: pb_grpc.TranscriptionServiceStub,
     audio: bytes,
     *,
-    encoding: int = pb.AudioFormat.ENCODING_UNSPECIFIED,
+    encoding: pb.AudioFormat.Encoding = pb.AudioFormat.ENCODING_UNSPECIFIED,
     sample_rate: int = 0,
     channels: int = 0,
     **options: object,
@@ -102,6 +103,13 @@ def transcribe(
     )
     response: pb.TranscribeResponse = stub.Transcribe(request, timeout=120)
     return response
+
+
+def details(error: grpc.RpcError) -> str:
+    """The status message of `error` (typed optional; every status this server sends has one)."""
+    message = error.details()
+    assert message is not None, error.code()
+    return message
 
 
 @pytest.fixture
@@ -130,11 +138,11 @@ def stream(
     pcm: bytes,
     *,
     chunk_bytes: int = 3200,
-    mode: int = pb.FINALIZATION_MODE_STREAMING,
+    mode: pb.FinalizationMode = pb.FINALIZATION_MODE_STREAMING,
     interim: bool = True,
     sample_rate: int = 16000,
     channels: int = 1,
-    encoding: int = pb.AudioFormat.ENCODING_LINEAR16,
+    encoding: pb.AudioFormat.Encoding = pb.AudioFormat.ENCODING_LINEAR16,
     timeout: float = 300,
     **options: object,
 ) -> list[pb.StreamingTranscribeResponse]:
@@ -144,7 +152,7 @@ def stream(
             encoding=encoding, sample_rate_hertz=sample_rate, channel_count=channels
         ),
         interim_results=interim,
-        finalization_mode=mode,  # type: ignore[arg-type]
+        finalization_mode=mode,
         options=pb.TranscriptionOptions(**options),  # type: ignore[arg-type]
     )
 

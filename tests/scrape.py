@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningServer
+from parakeet_server.testing.launcher import RunningServer
 
 _METRICS = re.compile(r"metrics address=(\S+)")
 

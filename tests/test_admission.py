@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import RunningServer, start_server
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer, start_server
 from scrape import scrape, scrape_until, value
 
 BURST = 8

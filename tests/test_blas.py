@@ -46,8 +46,8 @@ def test_openblas_is_found_and_much_faster_than_the_bundled_blas() -> None:
 
 
 def test_server_reports_its_blas(server: object) -> None:
-    from conftest import RunningServer
     from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+    from parakeet_server.testing.launcher import RunningServer
 
     assert isinstance(server, RunningServer)
     info = server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10)

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,10 +284,12 @@ def _transcript_key(**changes: object) -> str:
         **changes,
     }
     audio = str(arguments.pop("audio", "a" * 64))
+    # A heterogeneous dict of transcript_key's keywords: each value has its own type.
     return transcript_key(audio, **arguments)  # type: ignore[arg-type]
 
 
-OPTION_CHANGES = {
+# One changed value per option; each option has its own type.
+OPTION_CHANGES: dict[str, Any] = {
     "word_timestamps": True,
     "decoding": DecodingMethod.BEAM,
     "beam_size": 6,
@@ -308,9 +311,9 @@ OPTION_CHANGES = {
         {"chunk_seconds": 30.0},
         {"chunk_overlap_seconds": 5.0},
         *(
-            {"options": TranscriptionOptions(**{name: value})}
+            {"options": dataclasses.replace(TranscriptionOptions(), **{name: value})}
             for name, value in OPTION_CHANGES.items()
-        ),  # type: ignore[arg-type]
+        ),
     ],
 )
 def test_transcript_key_changes_with_everything_that_shapes_the_result(

@@ -11,8 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import RunningServer, start_server, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 
 def _info(server: RunningServer) -> pb.GetServerInfoResponse:
@@ -27,9 +29,11 @@ def _noise(seed: int, seconds: float = 2.0) -> bytes:
     return samples.astype("<f4").tobytes()
 
 
-def _raw(stub: object, audio: bytes, **options: object) -> pb.TranscribeResponse:
+def _raw(
+    stub: pb_grpc.TranscriptionServiceStub, audio: bytes, **options: bool
+) -> pb.TranscribeResponse:
     return transcribe(
-        stub,  # type: ignore[arg-type]
+        stub,
         audio,
         encoding=pb.AudioFormat.ENCODING_FLOAT32,
         sample_rate=16000,

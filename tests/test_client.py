@@ -9,7 +9,7 @@ from pathlib import Path
 
 import soundfile
 
-from conftest import RunningServer
+from parakeet_server.testing.launcher import RunningServer
 
 
 def _client(*args: str) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import RunningServer
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer
 from test_hostile import assert_serving
 
 ALLOWED = {
@@ -81,7 +81,7 @@ def _finish(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as error:
-        code, details = error.code(), error.details()
+        code, details = error.code(), error.details() or ""
     assert code in ALLOWED, (code, details)
     assert details, "an error without a message"
     event(code.name)  # --hypothesis-show-statistics shows the mix
@@ -120,7 +120,11 @@ def _fuzz_transcribe(server: RunningServer, files: dict[str, bytes], profile: Pr
 @st.composite
 def stream_configs(draw: st.DrawFn) -> pb.StreamingTranscribeRequest:
     valid = pb.AudioFormat(
-        encoding=draw(st.sampled_from([1, 2])), sample_rate_hertz=16000, channel_count=1
+        encoding=draw(
+            st.sampled_from([pb.AudioFormat.ENCODING_LINEAR16, pb.AudioFormat.ENCODING_FLOAT32])
+        ),
+        sample_rate_hertz=16000,
+        channel_count=1,
     )
     return pb.StreamingTranscribeRequest(
         config=pb.StreamingConfig(
@@ -147,7 +151,9 @@ def plausible_streams(draw: st.DrawFn, pcm: bytes) -> list[pb.StreamingTranscrib
     messages), sometimes with one hostile message slipped in anywhere."""
     config = pb.StreamingTranscribeRequest(
         config=pb.StreamingConfig(
-            format=pb.AudioFormat(encoding=1, sample_rate_hertz=16000, channel_count=1),
+            format=pb.AudioFormat(
+                encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000, channel_count=1
+            ),
             interim_results=draw(st.booleans()),
             finalization_mode=draw(st.integers(0, 3)),  # type: ignore[arg-type]
         )

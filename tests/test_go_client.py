@@ -14,8 +14,9 @@ import pytest
 import soundfile
 from google.protobuf import json_format
 
-from conftest import RunningServer, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer
 
 GO = shutil.which("go")
 GO_MODULE = Path(__file__).resolve().parent.parent / "client" / "go"

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import RunningServer, start_server, transcribe
+from conftest import details, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 SERVICE = "parakeet.v1.TranscriptionService"
 
@@ -49,7 +50,7 @@ def test_health_is_not_serving_until_the_model_is_loaded_and_warm(
         with pytest.raises(grpc.RpcError) as raised:
             transcribe(stub, speech_wav)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "loading" in raised.value.details()
+        assert "loading" in details(raised.value)
 
         (model / "config.json").write_bytes((tdt_checkpoint / "config.json").read_bytes())
         server.wait_for(re.compile(r"SERVING address="))

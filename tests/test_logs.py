@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from conftest import start_server, stream, transcribe
+from conftest import stream, transcribe
+from parakeet_server.testing.launcher import start_server
 
 
 def test_json_log_lines_carry_each_requests_figures_as_fields(

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import RunningServer, start_server, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 
 @pytest.fixture(scope="module")

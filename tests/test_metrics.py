@@ -13,8 +13,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningServer, start_server, stream, transcribe
+from conftest import stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer, start_server
 from scrape import Samples, delta, scrape, scrape_until, value
 
 

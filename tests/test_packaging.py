@@ -117,4 +117,4 @@ def test_stubs_keep_the_contracts_file_package_and_service_names() -> None:
     assert pb.TranscribeRequest.DESCRIPTOR.full_name == "parakeet.v1.TranscribeRequest"
     # The Python side is ours: classes name their real module, the gRPC stub imports it from there.
     assert pb.TranscribeRequest.__module__ == "parakeet_client.proto.parakeet.v1.transcription_pb2"
-    assert pb_grpc.parakeet_dot_v1_dot_transcription__pb2 is pb
+    assert vars(pb_grpc)["parakeet_dot_v1_dot_transcription__pb2"] is pb

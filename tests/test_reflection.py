@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from conftest import RunningServer
+from parakeet_server.testing.launcher import RunningServer
 
 
 def _find_grpcurl() -> str | None:

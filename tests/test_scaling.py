@@ -12,10 +12,10 @@ import grpc
 import pytest
 import yaml
 
-from conftest import RunningServer, start_server
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.config import ServerConfig
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 ENVOY = Path(__file__).resolve().parent.parent / "deploy" / "envoy.yaml"
 SERVICE = "parakeet.v1.TranscriptionService"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -14,9 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from certs import CertificateAuthority, Issued
-from conftest import RunningServer, start_server, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.testing.launcher import RunningServer, start_server
 from scrape import Samples, delta, scrape, scrape_until
 
 TOKEN = "s3cret-token_for.tests"
@@ -230,7 +231,7 @@ def test_missing_or_bad_token_is_unauthenticated_for_unary_and_stream(
 ) -> None:
     stub = auth_server.stub()
     before = scrape(auth_server)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: stub.Transcribe(pb.TranscribeRequest(audio=speech_wav), metadata=metadata),
         lambda: stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata),
         lambda: list(stub.StreamingTranscribe(iter([_config()]), metadata=metadata, timeout=30)),

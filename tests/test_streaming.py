@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import RunningServer, start_server, stream, transcribe
+from conftest import details, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 LINEAR16 = pb.AudioFormat.ENCODING_LINEAR16
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32
@@ -261,18 +262,21 @@ def test_bad_streams_are_invalid_argument(
 ) -> None:
     error = _call(stub, messages)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert message in error.details()
+    assert message in details(error)
     assert _final(stream(stub, pcm[:32000], mode=STREAMING)).is_final  # still serving
 
 
 def test_beam_search_needs_full_context(stub: pb_grpc.TranscriptionServiceStub, pcm: bytes) -> None:
-    beam = {"decoding_method": pb.DECODING_METHOD_BEAM, "beam_size": 2}
+    beam = pb.DECODING_METHOD_BEAM
     with pytest.raises(grpc.RpcError) as raised:
-        stream(stub, pcm, mode=STREAMING, **beam)  # type: ignore[arg-type]
+        stream(stub, pcm, mode=STREAMING, decoding_method=beam, beam_size=2)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "FULL_CONTEXT" in raised.value.details()
-    unary = transcribe(stub, pcm, encoding=LINEAR16, sample_rate=16000, **beam)  # type: ignore[arg-type]
-    assert _final(stream(stub, pcm, mode=FULL_CONTEXT, **beam)).transcript == unary.transcript  # type: ignore[arg-type]
+    assert "FULL_CONTEXT" in details(raised.value)
+    unary = transcribe(
+        stub, pcm, encoding=LINEAR16, sample_rate=16000, decoding_method=beam, beam_size=2
+    )
+    full = stream(stub, pcm, mode=FULL_CONTEXT, decoding_method=beam, beam_size=2)
+    assert _final(full).transcript == unary.transcript
 
 
 def _active_streams(stub: pb_grpc.TranscriptionServiceStub) -> int:
@@ -345,7 +349,7 @@ def test_streams_over_the_limit_are_resource_exhausted(
         time.sleep(0.05)
     error = _call(stub, [_config(), _audio(pcm[:32000])])
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "streams are open" in error.details()
+    assert "streams are open" in details(error)
     release.set()
     assert _final(list(first)).is_final
 
@@ -356,7 +360,7 @@ def test_streams_longer_than_the_limit_are_out_of_range(
     with pytest.raises(grpc.RpcError) as raised:
         stream(strict_server.stub(), long_pcm[: 16000 * 2 * 8], mode=STREAMING)
     assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert "6 s" in raised.value.details()
+    assert "6 s" in details(raised.value)
 
 
 def test_an_idle_stream_is_ended_with_deadline_exceeded(
@@ -370,7 +374,7 @@ def test_an_idle_stream_is_ended_with_deadline_exceeded(
     with pytest.raises(grpc.RpcError) as raised:
         list(strict_server.stub().StreamingTranscribe(stalling(), timeout=30))
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "no message arrived for 1 s" in raised.value.details()
+    assert "no message arrived for 1 s" in details(raised.value)
 
 
 def test_auto_mode_streams_past_its_full_context_limit(

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import RunningServer, start_server, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_server.testing.launcher import RunningServer, start_server
 from parakeet_server.workers.remote import describe_exit
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -110,11 +111,14 @@ def test_the_exit_is_named_while_another_thread_is_reaping_the_worker() -> None:
     storing the code, the asker found none and said "stopped answering"."""
     process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     process.start()
+    assert process.pid is not None
     os.kill(process.pid, signal.SIGKILL)
     _, status = os.waitpid(process.pid, 0)  # the watcher reaps it ...
     # ... and stores the code a moment later, as multiprocessing's Popen.poll does.
     code = os.waitstatus_to_exitcode(status)
-    threading.Timer(0.1, setattr, (process._popen, "returncode", code)).start()
+    # _popen is private to multiprocessing and untyped; the test plays its Popen.poll.
+    popen = process._popen  # type: ignore[attr-defined]
+    threading.Timer(0.1, setattr, (popen, "returncode", code)).start()
     assert describe_exit(process) == "was killed by SIGKILL"
 
 

@@ -24,9 +24,10 @@ import soxr
 import vocab
 
 from audio_samples import speak
-from conftest import TRAINED_MODEL, RunningServer, start_server, stream, transcribe
+from conftest import TRAINED_MODEL, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import Chunk, plan_chunks
+from parakeet_server.testing.launcher import RunningServer, start_server
 
 RATE = 16000
 

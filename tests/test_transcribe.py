@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import RunningServer, transcribe
+from conftest import transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+from parakeet_server.testing.launcher import RunningServer
 
 
 def _seconds(duration: object) -> float:
@@ -123,7 +124,7 @@ def test_raw_pcm_equals_the_same_samples_in_wav(
     speech_dir: Path,
     speech_wav: bytes,
     suffix: str,
-    encoding: int,
+    encoding: pb.AudioFormat.Encoding,
 ) -> None:
     expected = transcribe(stub, speech_wav).transcript
     raw = (speech_dir / f"speech.{suffix}").read_bytes()

@@ -23,7 +23,7 @@ def plot(phases: list[tuple[str, list[dict[str, float]]]], out: Path) -> None:
 
     fig, loss_axis = plt.subplots(figsize=(7, 3.5), dpi=90)
     wer_axis = loss_axis.twinx()
-    offset = 0
+    offset: float = 0
     window = 25
     for (name, history), colour in zip(phases, ("#1f77b4", "#2ca02c"), strict=False):
         steps = [offset + h["step"] for h in history]

@@ -46,7 +46,7 @@ class Exchange:
         rows = np.ndarray((self.size, vector.size), np.float32, self._memory.buf)
         rows[self.rank] = vector
         self._wait()  # every row written
-        mean = rows.mean(axis=0)  # the same sum in the same order in every process
+        mean: np.ndarray = rows.mean(axis=0)  # the same sum in the same order in every process
         self._wait()  # every row read: the next step may overwrite them
         return mean
 

@@ -45,7 +45,7 @@ from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 from parakeet_mlx.utils import from_config  # noqa: E402
 
 from parakeet_server.engine.checkpoint import make_config  # noqa: E402
-from parakeet_server.engine.streaming import StreamingFeatures  # noqa: E402
+from parakeet_server.engine.features import StreamingFeatures  # noqa: E402
 
 NEG = -1e30
 FLOOR = math.log(1e-5)  # log-mel of digital silence
@@ -64,6 +64,13 @@ def model_config(d_model: int, layers: int, channels: int, tokens: str) -> dict[
     return config
 
 
+def flatten(tree: Any) -> list[tuple[str, Any]]:
+    """tree_flatten's (name, leaf) list; it is typed to return a dict too (given one to fill)."""
+    flat = tree_flatten(tree)
+    assert isinstance(flat, list)
+    return flat
+
+
 def initialise(model: Any) -> None:
     """Zero biases and fan-in-scaled normal weights (He for the ReLU subsampling convs).
 
@@ -73,7 +80,7 @@ def initialise(model: Any) -> None:
     this init (and a peak learning rate <= 3e-4) one batch is fitted in tens of steps.
     """
     new = {}
-    for name, value in tree_flatten(model.parameters()):
+    for name, value in flatten(model.parameters()):
         leaf = name.rsplit(".", 1)[-1]
         if (leaf == "bias" and "norm" not in name) or leaf.startswith("pos_bias"):
             new[name] = mx.zeros_like(value)
@@ -151,11 +158,13 @@ class Augmenter:
             width = int(rng.integers(0, 8))
             start = int(rng.integers(0, max(1, mel.shape[0] - width)))
             mel[start : start + width] = 0
-        return mel.astype(np.float32)
+        features: np.ndarray = mel.astype(np.float32)
+        return features
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
-    return ((raw - raw.mean(0)) / (raw.std(0) + 1e-5)).astype(np.float32)
+    normalised: np.ndarray = ((raw - raw.mean(0)) / (raw.std(0) + 1e-5)).astype(np.float32)
+    return normalised
 
 
 # --- CTC ----------------------------------------------------------------------------------------
@@ -207,7 +216,7 @@ def batches(lengths: list[int], max_frames: int, rng: np.random.Generator) -> li
         current.append(int(index))
     if current:
         out.append(current)
-    rng.shuffle(out)  # type: ignore[arg-type]
+    rng.shuffle(out)
     return out
 
 
@@ -238,7 +247,7 @@ def average(
     if exchange.size == 1:
         return loss, grads, bool(flag)
     mx.eval(loss, grads)
-    named = tree_flatten(grads)
+    named = flatten(grads)
     parts = [np.array(value, dtype=np.float32).ravel() for _, value in named]
     mean = exchange.average(np.concatenate([*parts, np.array([float(loss), flag], np.float32)]))
     averaged, start = [], 0
@@ -251,7 +260,7 @@ def average(
 def save(model: Any, config: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
-    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    mx.save_safetensors(str(out / "model.safetensors"), dict(flatten(model.parameters())))
 
 
 def greedy_text(model: Any, mel: np.ndarray) -> str:
@@ -323,7 +332,7 @@ def train(args: argparse.Namespace, exchange: parallel.Exchange) -> None:
         log(f"encoder from {args.init_from}: {len(encoder)} arrays")
     fastconv.install(model)
     blank = len(model.vocabulary)
-    params = sum(v.size for _, v in tree_flatten(model.parameters()))
+    params = sum(v.size for _, v in flatten(model.parameters()))
     log(f"model: {params:,} parameters, {size} process(es)")
 
     started = time.perf_counter()
@@ -423,7 +432,8 @@ def train(args: argparse.Namespace, exchange: parallel.Exchange) -> None:
             late = args.max_minutes and time.perf_counter() - train_started > args.max_minutes * 60
             # Every process stops at the same step (the leader's clock), or the others wait.
             loss, grads, late = average(loss, grads, float(bool(late) and lead), exchange)
-            grads, _ = optim.clip_grad_norm(grads, 5.0)
+            # mlx.optimizers leaves clip_grad_norm unannotated.
+            grads, _ = optim.clip_grad_norm(grads, 5.0)  # type: ignore[no-untyped-call]
             optimizer.update(model, grads)
             mx.eval(model.parameters(), optimizer.state, loss)
             step += 1

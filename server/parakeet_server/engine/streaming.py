@@ -316,7 +316,7 @@ class StreamingSession:
 
     def _convolution(self, conv: Any, cache: _LayerCache, x: mx.array, committed: int) -> mx.array:
         y = conv.pointwise_conv1(x)
-        y = nn.glu(y, axis=2)  # type: ignore[attr-defined]
+        y = nn.glu(y, axis=2)
         pad = self._conv_context
         left = cache.conv if cache.conv is not None else mx.zeros((1, pad, y.shape[2]), y.dtype)
         padded = mx.concatenate([left, y, mx.zeros((1, pad, y.shape[2]), y.dtype)], axis=1)
