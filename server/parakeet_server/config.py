@@ -44,6 +44,8 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     worker_max_requests: int = 0
     worker_max_memory_mb: int = 0
+    max_batch_size: int = 8
+    max_batch_wait_ms: float = 0.0
     audio_cache_bytes: int = 512 * MIB
     transcript_cache_bytes: int = 64 * MIB
     cache_dir: str = ""
@@ -82,6 +84,10 @@ class ServerConfig:
             problems.append("stream block must be at least 80 ms and look-ahead not negative")
         if self.stream_left_context_seconds < 0.08:
             problems.append("stream left context must be at least 0.08 s")
+        if not 1 <= self.max_batch_size <= 64:
+            problems.append("max batch size must be 1 to 64")
+        if not 0 <= self.max_batch_wait_ms <= 1000:
+            problems.append("max batch wait must be 0 to 1000 ms")
         if self.worker_max_requests < 0 or self.worker_max_memory_mb < 0:
             problems.append("worker recycling limits must not be negative (0: no limit)")
         if self.auto_full_context_seconds < 0:
@@ -232,6 +238,19 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "worker_max_memory_mb",
         int,
         "replace the model worker process once its resident memory passes this (0: never)",
+    ),
+    (
+        "--max-batch-size",
+        "max_batch_size",
+        int,
+        "live streams whose next blocks run through the encoder together in one step",
+    ),
+    (
+        "--max-batch-wait-ms",
+        "max_batch_wait_ms",
+        float,
+        "how long a streaming step may wait for the other open streams' blocks to fill its "
+        "batch (0: run with what is ready; batches still form whenever the model is busy)",
     ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),

@@ -31,6 +31,7 @@ from parakeet_server.ops.prometheus import MetricsEndpoint, ServerMetrics
 from parakeet_server.pipeline.live import LiveStreams, StreamPolicy
 from parakeet_server.pipeline.unary import UnaryLimits, UnaryTranscriptions
 from parakeet_server.workers.protocol import ModelSpec
+from parakeet_server.workers.scheduler import BatchPolicy
 from parakeet_server.workers.supervisor import RecyclePolicy, Supervisor
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,18 @@ class Server:
                 max_memory_bytes=config.worker_max_memory_mb * 1024 * 1024,
             ),
             on_serving=self._serving,
+            batching=BatchPolicy(
+                max_batch_size=config.max_batch_size,
+                max_batch_wait=config.max_batch_wait_ms / 1000,
+            ),
+            on_batch=self._batch_done,
         )
+        self.last_batch: tuple[int, float] = (0, 0.0)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # Kept even when not served over HTTP, so the interceptor needs no special case.
-        self.metrics = ServerMetrics(lambda: self.supervisor.pending)
+        self.metrics = ServerMetrics(
+            lambda: self.supervisor.pending, lambda: self.streams.worst_lag_seconds()
+        )
         self.metrics_endpoint: MetricsEndpoint | None = None
         # Metrics first, so refused calls are counted too.
         self.drain = DrainGate()
@@ -119,7 +128,7 @@ class Server:
             recordings,
             UnaryLimits(config.max_message_bytes, config.max_audio_seconds),
         )
-        streams = LiveStreams(
+        self.streams = streams = LiveStreams(
             self.supervisor,
             config.max_streams,
             StreamPolicy(
@@ -132,7 +141,10 @@ class Server:
             ),
         )
         pb_grpc.add_TranscriptionServiceServicer_to_server(
-            TranscriptionService(self.supervisor, config, self.caches, unary, streams), self.grpc
+            TranscriptionService(
+                self.supervisor, config, self.caches, unary, streams, lambda: self.last_batch
+            ),
+            self.grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -214,6 +226,11 @@ class Server:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
+
+    def _batch_done(self, size: int, seconds: float) -> None:
+        """A streaming step ran (on the model thread): for metrics and GetServerInfo."""
+        self.last_batch = (size, seconds)
+        self.metrics.observe_batch(size, seconds)
 
     async def _serving(self, serving: bool) -> None:
         """The model worker died (False) or a new one is ready after it (True)."""

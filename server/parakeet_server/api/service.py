@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -92,12 +92,15 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         caches: Caches,
         unary: UnaryTranscriptions,
         streams: LiveStreams,
+        last_batch: Callable[[], tuple[int, float]],
     ) -> None:
+        """`last_batch()`: the size and model seconds of the last streaming step."""
         self._supervisor = supervisor
         self._config = config
         self._caches = caches
         self._unary = unary
         self._streams = streams
+        self._last_batch = last_batch
         self._started = time.monotonic()
 
     async def Transcribe(
@@ -315,6 +318,11 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         response.resident_memory_bytes = resident_bytes()
         response.active_streams = self._streams.active
         response.max_streams = self._config.max_streams
+        response.max_batch_size = self._config.max_batch_size
+        size, seconds = self._last_batch()
+        response.last_batch_size = size
+        response.last_step_duration.CopyFrom(duration(seconds))
+        response.max_stream_lag.CopyFrom(duration(self._streams.worst_lag_seconds()))
         if info is not None:
             schedule = self._streams.policy.schedule(info.frame_seconds)
             frame = info.frame_seconds

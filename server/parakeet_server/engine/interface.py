@@ -36,7 +36,9 @@ class TranscriptionEngine(Protocol):
     def open_stream(self, settings: BlockSchedule) -> object:
         """A handle for a new live stream, passed back to stream_block and stream_finish."""
 
-    def stream_block(self, session: object, samples: np.ndarray) -> BlockResult: ...
+    def stream_blocks(self, blocks: list[tuple[object, np.ndarray]]) -> list[BlockResult]:
+        """Gives each stream (session, new samples) its samples and runs the blocks they
+        complete, the streams' blocks batched through the encoder; one result per stream."""
 
     def stream_finish(
         self, session: object, samples: np.ndarray, options: TranscriptionOptions

@@ -224,13 +224,23 @@ class ParakeetEngine:
 
     def stream_block(self, session: StreamingSession, samples: np.ndarray) -> BlockResult:
         """Adds a live stream's new samples and runs its next block if it can."""
-        session.accept(samples)
-        if session.pending_blocks():
-            session.step()
+        return self.stream_blocks([(session, samples)])[0]
+
+    def stream_blocks(self, blocks: list[tuple[StreamingSession, np.ndarray]]) -> list[BlockResult]:
+        """Adds each stream's new samples, then runs the next block of every stream that has
+        one, the streams together through the encoder (one block each, as stream_block)."""
+        from parakeet_server.engine.streaming import step_streams
+
+        sessions = [session for session, _ in blocks]
+        for session, samples in blocks:
+            session.accept(samples)
+        ready = [session for session in sessions if session.pending_blocks()]
+        if ready:
+            step_streams(ready)
             self._blocks_since_release += 1
             if self._blocks_since_release >= RELEASE_EVERY_BLOCKS:
                 self._release_memory()
-        return self._block_result(session)
+        return [self._block_result(session) for session in sessions]
 
     def stream_finish(
         self, session: StreamingSession, samples: np.ndarray, options: TranscriptionOptions

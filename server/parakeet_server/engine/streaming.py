@@ -336,6 +336,11 @@ class StreamingSession:
         return tokens
 
 
+def step_streams(sessions: list[StreamingSession]) -> list[StepResult]:
+    """The next block of each session (each must have one pending)."""
+    return [session.step() for session in sessions]
+
+
 def _keep_last(old: mx.array | None, new: mx.array, keep: int, axis: int) -> mx.array:
     joined = new if old is None else mx.concatenate([old, new], axis=axis)
     size = joined.shape[axis]

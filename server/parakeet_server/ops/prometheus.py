@@ -33,6 +33,7 @@ NAMESPACE = "parakeet"
 
 _SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _TTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 _RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5)
 
 
@@ -85,7 +86,9 @@ class CacheCollector(Collector):
 class ServerMetrics:
     """Every collector of one server, in a registry of its own (not the process-global one)."""
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self, queue_depth: Callable[[], int], stream_lag: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.requests = Counter(
@@ -139,6 +142,27 @@ class ServerMetrics:
             buckets=_TTF_BUCKETS,
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "stream_batch_size",
+            "live streams whose blocks ran through the encoder together, per streaming step",
+            namespace=NAMESPACE,
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.step_seconds = Histogram(
+            "stream_step_seconds",
+            "model time of one streaming step (one block of every stream in its batch)",
+            namespace=NAMESPACE,
+            buckets=_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        lag = Gauge(
+            "stream_lag_seconds",
+            "the largest backlog over the open streams: audio received but not yet encoded",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        lag.set_function(lambda: float(stream_lag()))
         self.audio_decodes = Counter(
             "audio_decodes",
             "request audio decoded from its bytes (not answered from the audio cache)",
@@ -188,6 +212,10 @@ class ServerMetrics:
             self.real_time_factor.labels(rpc).observe(real_time_factor)
         if time_to_final_seconds is not None:
             self.time_to_final.observe(time_to_final_seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.step_seconds.observe(seconds)
 
     def model_loaded(self, load_seconds: float, warmup_seconds: float) -> None:
         self.model_load_seconds.set(load_seconds)

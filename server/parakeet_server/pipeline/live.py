@@ -164,6 +164,11 @@ class LiveTranscription:
             return 0  # buffered whole for one full-context pass, bounded by max_seconds
         return self._samples - int(self._committed_seconds * self._rate)
 
+    @property
+    def lag_seconds(self) -> float:
+        """Seconds of audio received but not yet committed by the streaming encoder."""
+        return self._backlog() / self._rate
+
     def end_input(self) -> None:
         self._append(self._pcm.finish())
         self._ended_at = time.monotonic()
@@ -218,7 +223,9 @@ class LiveTranscription:
 
     async def _run_block(self) -> Partial:
         samples = self._take_pending()
-        timed = await self._run(lambda engine: engine.stream_block(self._open(engine), samples))
+        timed = await self._scheduler.run_block(self._open, samples)
+        self._queue_seconds += timed.queue_seconds
+        self._run_seconds += timed.run_seconds
         result: BlockResult = timed.value
         self.blocks += 1
         self._block_max = max(self._block_max, timed.run_seconds)
@@ -317,6 +324,12 @@ class LiveStreams:
         self.limit = limit
         self.policy = policy
         self.active = 0
+        self._open: set[LiveTranscription] = set()
+
+    def worst_lag_seconds(self) -> float:
+        """The largest backlog of audio received but not yet encoded, over the open streams:
+        how far the slowest stream's partials are behind its audio."""
+        return max((live.lag_seconds for live in self._open), default=0.0)
 
     @asynccontextmanager
     async def open(self, request: StreamRequest) -> AsyncIterator[LiveTranscription]:
@@ -333,9 +346,12 @@ class LiveStreams:
                 if engine is None:  # closed between the lease and now
                     raise ModelUnavailable("the model worker is restarting; retry in a moment")
                 live = LiveTranscription(process.scheduler, engine, request, self.policy)
+                self._open.add(live)
                 try:
-                    yield live
+                    with process.scheduler.stream():
+                        yield live
                 finally:
+                    self._open.discard(live)
                     live.close()
         finally:
             self.active -= 1

@@ -68,10 +68,14 @@ class Operations:
             del self._handles[handle]
         return progress
 
-    def stream_block(
-        self, handle: int, settings: BlockSchedule, samples: np.ndarray
-    ) -> BlockResult:
-        result: BlockResult = self._engine.stream_block(self._session(handle, settings), samples)
+    def stream_blocks(
+        self, handles: list[tuple[int, BlockSchedule]], *samples: np.ndarray
+    ) -> list[BlockResult]:
+        blocks = [
+            (self._session(handle, schedule), pcm)
+            for (handle, schedule), pcm in zip(handles, samples, strict=True)
+        ]
+        result: list[BlockResult] = self._engine.stream_blocks(blocks)
         return result
 
     def stream_finish(
@@ -98,7 +102,7 @@ class Operations:
             Operation.TRANSCRIBE: self.transcribe,
             Operation.STEPS_START: self.steps_start,
             Operation.STEPS_NEXT: self.steps_next,
-            Operation.STREAM_BLOCK: self.stream_block,
+            Operation.STREAM_BLOCKS: self.stream_blocks,
             Operation.STREAM_FINISH: self.stream_finish,
         }
         return methods[operation](*args)

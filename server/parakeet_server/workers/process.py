@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable
 
 from parakeet_server.domain import ModelInfo
 from parakeet_server.errors import ModelLoadError
@@ -15,13 +16,20 @@ from parakeet_server.ops.proc import resident_bytes
 from parakeet_server.workers.child import child_main
 from parakeet_server.workers.protocol import Handshake, ModelSpec
 from parakeet_server.workers.remote import RemoteEngine, describe_exit
-from parakeet_server.workers.scheduler import ModelScheduler
+from parakeet_server.workers.scheduler import BatchPolicy, ModelScheduler
 
 
 class ModelProcess:
     """One model process and the scheduler whose thread talks to it."""
 
-    def __init__(self, spec: ModelSpec, generation: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        generation: int,
+        max_pending: int,
+        batching: BatchPolicy | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.generation = generation
         self.users = 0
         self.served = 0
@@ -39,7 +47,7 @@ class ModelProcess:
         self.process.start()
         theirs.close()  # so that the worker's death reads as EOF on our end
         self.scheduler: ModelScheduler[RemoteEngine] = ModelScheduler(
-            self._ready, max_pending=max_pending
+            self._ready, max_pending=max_pending, batching=batching, on_batch=on_batch
         )
 
     @property

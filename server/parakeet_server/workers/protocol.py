@@ -25,7 +25,7 @@ class Operation(enum.Enum):
     TRANSCRIBE = "transcribe"
     STEPS_START = "steps_start"
     STEPS_NEXT = "steps_next"
-    STREAM_BLOCK = "stream_block"
+    STREAM_BLOCKS = "stream_blocks"
     STREAM_FINISH = "stream_finish"
     CLOSE = "close"
 

@@ -126,10 +126,13 @@ class RemoteEngine:
         # Opened in the worker by its first block: no call here.
         return StreamHandle(next(self._ids), settings)
 
-    def stream_block(self, session: object, samples: np.ndarray) -> BlockResult:
-        assert isinstance(session, StreamHandle)
-        result: BlockResult = self.call(
-            Operation.STREAM_BLOCK, session.id, session.settings, samples
+    def stream_blocks(self, blocks: list[tuple[object, np.ndarray]]) -> list[BlockResult]:
+        sessions = [session for session, _ in blocks]
+        assert all(isinstance(s, StreamHandle) for s in sessions)
+        handles = [(s.id, s.settings) for s in sessions if isinstance(s, StreamHandle)]
+        # The arrays as arguments of their own: they cross as raw bytes, not pickled.
+        result: list[BlockResult] = self.call(
+            Operation.STREAM_BLOCKS, handles, *(samples for _, samples in blocks)
         )
         return result
 

@@ -1,10 +1,22 @@
-"""The one owner of an engine: a single thread that loads it and runs every job in turn.
+"""The one owner of an engine: a single thread that loads it and runs its work in turn.
 
 In the server the engine is the model process (remote.py), which answers one call at a time;
-MLX state is not meant for concurrent threads either. Requests queue here; the queue is bounded
-so that overload becomes an immediate, explicit error instead of unbounded latency. A request
-takes its place in the queue (`admit`) before it does any expensive work of its own, such as
-decoding its audio, so that a burst beyond the limit is refused at once.
+MLX state is not meant for concurrent threads either. Two kinds of work queue here:
+
+- stream blocks: the next block of a live stream. All the blocks waiting when the thread is
+  free go to the engine as one batch (`stream_blocks`), up to `max_batch_size`, so N live
+  streams cost one encoder call with N rows instead of N calls; a batch may wait up to
+  `max_batch_wait` seconds for the other open streams' blocks to fill it;
+- jobs: anything else (a step of a one-shot transcription, a stream's final pass), in order.
+
+Stream blocks go first, so that a long recording's chunks never hold a dictation back for
+more than the one job already running; a job that has waited `job_patience` seconds goes
+before the next batch, so that streams cannot starve one-shot requests either.
+
+The queue is bounded so that overload becomes an immediate, explicit error instead of
+unbounded latency. A request takes its place in the queue (`admit`) before it does any
+expensive work of its own, such as decoding its audio, so that a burst beyond the limit is
+refused at once.
 """
 
 from __future__ import annotations
@@ -14,11 +26,15 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import numpy as np
+
+from parakeet_server.domain import BlockResult
 from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 
@@ -37,20 +53,62 @@ class Timed(Generic[T]):
     value: T
     queue_seconds: float
     run_seconds: float
+    batch_size: int = 1  # stream blocks: how many streams shared the engine call
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How stream blocks are batched (see the module's docstring)."""
+
+    max_batch_size: int = 8
+    max_batch_wait: float = 0.0  # seconds
+    job_patience: float = 2.0  # seconds
+
+
+@dataclass
+class _Job:
+    run: Callable[[Any], Any]  # engine -> value
+    future: Future[Any]
+    queued_at: float
+    deadline: float | None
+
+
+@dataclass
+class _Block:
+    session: Callable[[Any], object]  # engine -> the stream's session (opened on first use)
+    samples: np.ndarray
+    future: Future[Any]
+    queued_at: float
 
 
 class ModelScheduler(Generic[E]):
-    """Runs jobs against one engine on one dedicated thread, at most `max_pending` at a time."""
+    """Runs work against one engine on one dedicated thread, at most `max_pending` at a time."""
 
-    def __init__(self, load: Callable[[], E], *, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        load: Callable[[], E],
+        *,
+        max_pending: int = 64,
+        batching: BatchPolicy | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """`on_batch(size, seconds)` hears of every batch of stream blocks (metrics)."""
         self._load = load
         self._max_pending = max_pending
+        self._batching = batching or BatchPolicy()
+        self._on_batch = on_batch
         self._pending = 0
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._ready = threading.Condition(self._lock)
+        self._jobs: deque[_Job] = deque()
+        self._blocks: deque[_Block] = deque()
+        self._streams = 0  # open streams: how many blocks a batch may wait for
         self._engine: E | None = None
         self._closed = False
         self._closed_because = "the server is shutting down"
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="model", daemon=True)
+        self._thread.start()
 
     @property
     def engine(self) -> E | None:
@@ -65,7 +123,7 @@ class ModelScheduler(Generic[E]):
     async def start(self) -> E:
         """Loads and warms up the engine on the model thread."""
 
-        def load_and_warm() -> E:
+        def load_and_warm(_: object) -> E:
             engine = self._load()
             if not self._closed:
                 engine.warm_up()
@@ -74,9 +132,9 @@ class ModelScheduler(Generic[E]):
                 raise ModelUnavailable("the server shut down while the model was loading")
             return engine
 
-        loop = asyncio.get_running_loop()
-        self._engine = await loop.run_in_executor(self._executor, load_and_warm)
-        return self._engine
+        loaded: Timed[E] = await asyncio.wrap_future(self._submit(load_and_warm, None))
+        self._engine = loaded.value
+        return loaded.value
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -103,25 +161,43 @@ class ModelScheduler(Generic[E]):
         caller was cancelled, is dropped without running. A job of an admitted request takes
         no second place in the queue.
         """
-        engine = self._usable_engine()
+        self._usable_engine()
         if not admitted:
             self._take_place()
-        queued_at = time.monotonic()
-
-        def timed_job() -> Timed[T]:
-            started = time.monotonic()
-            if deadline is not None and started > deadline:
-                raise DeadlineExceeded(
-                    f"the deadline passed after {started - queued_at:.2f} s in the queue"
-                )
-            value = job(engine)
-            return Timed(value, started - queued_at, time.monotonic() - started)
-
-        future = self._executor.submit(timed_job)
+        future = self._submit(job, deadline)
         if not admitted:
             future.add_done_callback(self._release)
         # Cancelling the awaiting task cancels a job that has not started yet.
-        return await asyncio.wrap_future(future)
+        timed: Timed[T] = await asyncio.wrap_future(future)
+        return timed
+
+    async def run_block(
+        self, session: Callable[[E], object], samples: np.ndarray
+    ) -> Timed[BlockResult]:
+        """Gives a live stream's new samples to its session and runs its next block if it
+        can, batched with the blocks of other streams waiting at the same time.
+
+        `session(engine)` is the stream's session, called on the model thread."""
+        self._usable_engine()
+        self._take_place()
+        future: Future[Any] = Future()
+        future.add_done_callback(self._release)
+        with self._ready:
+            self._blocks.append(_Block(session, samples, future, time.monotonic()))
+            self._ready.notify()
+        timed: Timed[BlockResult] = await asyncio.wrap_future(future)
+        return timed
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """Counts an open stream while the block runs: a batch may wait for its blocks."""
+        with self._lock:
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
 
     def _usable_engine(self) -> E:
         if self._engine is None or self._closed:
@@ -144,17 +220,95 @@ class ModelScheduler(Generic[E]):
             self._pending -= 1
 
     async def close(self, timeout: float = 30.0, *, because: str | None = None) -> None:
-        """Refuses new jobs (with `because` as the reason), drops queued ones, and closes the
-        engine on the model thread.
+        """Refuses new work (with `because` as the reason), lets what is queued run (on a dead
+        engine it fails at once), then closes the engine on the model thread.
         """
         self._closed = True
         if because is not None:
             self._closed_because = because
         engine = self._engine
         if engine is not None:
-            closing = self._executor.submit(engine.close)
+            closing = self._submit(lambda engine: engine.close(), None)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(closing), timeout)
             except asyncio.TimeoutError:
                 log.warning("the model thread did not finish within %.0f s", timeout)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+
+    # -- the model thread ------------------------------------------------------------------------
+
+    def _submit(self, run: Callable[[Any], Any], deadline: float | None) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._ready:
+            self._jobs.append(_Job(run, future, time.monotonic(), deadline))
+            self._ready.notify()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not (self._jobs or self._blocks or self._stopping):
+                    self._ready.wait()
+                if not (self._jobs or self._blocks):
+                    return  # stopping, and nothing left
+                work = self._next_work()
+            if isinstance(work, list):
+                self._run_blocks(work)
+            else:
+                self._run_job(work)
+
+    def _next_work(self) -> _Job | list[_Block]:
+        """Stream blocks first, unless a job has waited past its patience (lock held)."""
+        patience = self._batching.job_patience
+        job_waited = bool(self._jobs) and time.monotonic() - self._jobs[0].queued_at > patience
+        if self._jobs and (not self._blocks or job_waited or self._engine is None):
+            return self._jobs.popleft()
+        if self._batching.max_batch_wait > 0:
+            # Wait a little for the other open streams' blocks, so that they share the call.
+            until = self._blocks[0].queued_at + self._batching.max_batch_wait
+            wanted = min(self._batching.max_batch_size, self._streams)
+            while len(self._blocks) < wanted and (left := until - time.monotonic()) > 0:
+                self._ready.wait(left)
+        batch: list[_Block] = []
+        while self._blocks and len(batch) < self._batching.max_batch_size:
+            batch.append(self._blocks.popleft())
+        return batch
+
+    def _run_job(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return  # its caller gave up while it was queued
+        started = time.monotonic()
+        try:
+            if job.deadline is not None and started > job.deadline:
+                raise DeadlineExceeded(
+                    f"the deadline passed after {started - job.queued_at:.2f} s in the queue"
+                )
+            value = job.run(self._engine)
+        except BaseException as error:
+            job.future.set_exception(error)
+            return
+        job.future.set_result(Timed(value, started - job.queued_at, time.monotonic() - started))
+
+    def _run_blocks(self, batch: list[_Block]) -> None:
+        batch = [block for block in batch if block.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        engine = self._engine
+        started = time.monotonic()
+        try:
+            if engine is None:
+                raise ModelUnavailable(self._closed_because)
+            results = engine.stream_blocks([(b.session(engine), b.samples) for b in batch])
+        except BaseException as error:
+            for block in batch:
+                block.future.set_exception(error)
+            return
+        seconds = time.monotonic() - started
+        if self._on_batch is not None:
+            self._on_batch(len(batch), seconds)
+        for block, result in zip(batch, results, strict=True):
+            block.future.set_result(
+                Timed(result, started - block.queued_at, seconds, batch_size=len(batch))
+            )

@@ -23,6 +23,7 @@ from parakeet_server.errors import ModelLoadError, ModelUnavailable
 from parakeet_server.workers.process import ModelProcess
 from parakeet_server.workers.protocol import ModelSpec
 from parakeet_server.workers.remote import describe_exit
+from parakeet_server.workers.scheduler import BatchPolicy
 
 log = logging.getLogger("parakeet_server.supervisor")
 
@@ -48,9 +49,13 @@ class Supervisor:
         max_pending: int,
         recycle: RecyclePolicy = RecyclePolicy(),
         on_serving: Callable[[bool], Awaitable[None]] | None = None,
+        batching: BatchPolicy | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._spec = spec
         self._max_pending = max_pending
+        self._batching = batching
+        self._on_batch = on_batch
         self._recycle = recycle
         self._on_serving = on_serving
         self.current: ModelProcess | None = None
@@ -111,7 +116,9 @@ class Supervisor:
     async def _launch(self) -> ModelProcess:
         self._generation += 1
         started = time.perf_counter()
-        process = ModelProcess(self._spec, self._generation, self._max_pending)
+        process = ModelProcess(
+            self._spec, self._generation, self._max_pending, self._batching, self._on_batch
+        )
         self._processes.add(process)
         try:
             info = await process.start()

@@ -1534,8 +1534,19 @@ type GetServerInfoResponse struct {
 	// Resident memory of the model worker process now, in bytes (resident_memory_bytes
 	// is the server process's own).
 	WorkerResidentMemoryBytes int64 `protobuf:"varint,32,opt,name=worker_resident_memory_bytes,json=workerResidentMemoryBytes,proto3" json:"worker_resident_memory_bytes,omitempty"`
-	unknownFields             protoimpl.UnknownFields
-	sizeCache                 protoimpl.SizeCache
+	// Most live streams whose blocks run through the encoder in one step
+	// (--max-batch-size).
+	MaxBatchSize int32 `protobuf:"varint,33,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
+	// How many streams shared the last streaming step (0 before the first).
+	LastBatchSize int32 `protobuf:"varint,34,opt,name=last_batch_size,json=lastBatchSize,proto3" json:"last_batch_size,omitempty"`
+	// How long the last streaming step took in the model worker.
+	LastStepDuration *durationpb.Duration `protobuf:"bytes,35,opt,name=last_step_duration,json=lastStepDuration,proto3" json:"last_step_duration,omitempty"`
+	// The largest backlog over the open streams: audio received but not yet encoded.
+	// A stream the server keeps up with stays within about one block plus the
+	// look-ahead; more means its partial results fall behind the audio.
+	MaxStreamLag  *durationpb.Duration `protobuf:"bytes,36,opt,name=max_stream_lag,json=maxStreamLag,proto3" json:"max_stream_lag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetServerInfoResponse) Reset() {
@@ -1792,6 +1803,34 @@ func (x *GetServerInfoResponse) GetWorkerResidentMemoryBytes() int64 {
 	return 0
 }
 
+func (x *GetServerInfoResponse) GetMaxBatchSize() int32 {
+	if x != nil {
+		return x.MaxBatchSize
+	}
+	return 0
+}
+
+func (x *GetServerInfoResponse) GetLastBatchSize() int32 {
+	if x != nil {
+		return x.LastBatchSize
+	}
+	return 0
+}
+
+func (x *GetServerInfoResponse) GetLastStepDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LastStepDuration
+	}
+	return nil
+}
+
+func (x *GetServerInfoResponse) GetMaxStreamLag() *durationpb.Duration {
+	if x != nil {
+		return x.MaxStreamLag
+	}
+	return nil
+}
+
 // Figures of one of the server's caches since it started.
 type CacheStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2025,7 +2064,7 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"transcript\x125\n" +
 	"\ametrics\x18\x06 \x01(\v2\x1b.parakeet.v1.RequestMetricsR\ametrics\x12@\n" +
 	"\x1cfinalization_latency_seconds\x18\a \x01(\x01R\x1afinalizationLatencySeconds\"\x16\n" +
-	"\x14GetServerInfoRequest\"\x87\r\n" +
+	"\x14GetServerInfoRequest\"\xdf\x0e\n" +
 	"\x15GetServerInfoResponse\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x125\n" +
 	"\n" +
@@ -2063,7 +2102,11 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"worker_pid\x18\x1d \x01(\x05R\tworkerPid\x12'\n" +
 	"\x0fworker_restarts\x18\x1e \x01(\x05R\x0eworkerRestarts\x12'\n" +
 	"\x0fworker_recycles\x18\x1f \x01(\x05R\x0eworkerRecycles\x12?\n" +
-	"\x1cworker_resident_memory_bytes\x18  \x01(\x03R\x19workerResidentMemoryBytes\x1aB\n" +
+	"\x1cworker_resident_memory_bytes\x18  \x01(\x03R\x19workerResidentMemoryBytes\x12$\n" +
+	"\x0emax_batch_size\x18! \x01(\x05R\fmaxBatchSize\x12&\n" +
+	"\x0flast_batch_size\x18\" \x01(\x05R\rlastBatchSize\x12G\n" +
+	"\x12last_step_duration\x18# \x01(\v2\x19.google.protobuf.DurationR\x10lastStepDuration\x12?\n" +
+	"\x0emax_stream_lag\x18$ \x01(\v2\x19.google.protobuf.DurationR\fmaxStreamLag\x1aB\n" +
 	"\x14LibraryVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x02\n" +
@@ -2179,19 +2222,21 @@ var file_parakeet_v1_transcription_proto_depIdxs = []int32{
 	22, // 35: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
 	20, // 36: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
 	20, // 37: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
-	7,  // 38: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
-	9,  // 39: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
-	16, // 40: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
-	18, // 41: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
-	8,  // 42: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
-	10, // 43: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
-	17, // 44: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
-	19, // 45: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
-	42, // [42:46] is the sub-list for method output_type
-	38, // [38:42] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	22, // 38: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
+	22, // 39: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
+	7,  // 40: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
+	9,  // 41: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
+	16, // 42: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
+	18, // 43: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
+	8,  // 44: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
+	10, // 45: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
+	17, // 46: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
+	19, // 47: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
+	44, // [44:48] is the sub-list for method output_type
+	40, // [40:44] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_parakeet_v1_transcription_proto_init() }

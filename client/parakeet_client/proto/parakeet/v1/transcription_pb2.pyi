@@ -246,7 +246,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit", "chunk_length", "chunk_overlap", "audio_cache", "transcript_cache", "worker_pid", "worker_restarts", "worker_recycles", "worker_resident_memory_bytes")
+    __slots__ = ("model_id", "model_kind", "sample_rate_hertz", "vocabulary_size", "dtype", "warm", "server_version", "load_duration", "warmup_duration", "uptime", "device", "blas", "parameter_count", "max_request_bytes", "max_audio_seconds", "library_versions", "resident_memory_bytes", "mlx_active_memory_bytes", "mlx_cache_memory_bytes", "active_streams", "max_streams", "stream_block", "stream_lookahead", "auto_full_context_limit", "chunk_length", "chunk_overlap", "audio_cache", "transcript_cache", "worker_pid", "worker_restarts", "worker_recycles", "worker_resident_memory_bytes", "max_batch_size", "last_batch_size", "last_step_duration", "max_stream_lag")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,10 @@ class GetServerInfoResponse(_message.Message):
     WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     WORKER_RECYCLES_FIELD_NUMBER: _ClassVar[int]
     WORKER_RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_LAG_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_kind: ModelKind
     sample_rate_hertz: int
@@ -318,7 +322,11 @@ class GetServerInfoResponse(_message.Message):
     worker_restarts: int
     worker_recycles: int
     worker_resident_memory_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., worker_pid: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., worker_recycles: _Optional[int] = ..., worker_resident_memory_bytes: _Optional[int] = ...) -> None: ...
+    max_batch_size: int
+    last_batch_size: int
+    last_step_duration: _duration_pb2.Duration
+    max_stream_lag: _duration_pb2.Duration
+    def __init__(self, model_id: _Optional[str] = ..., model_kind: _Optional[_Union[ModelKind, str]] = ..., sample_rate_hertz: _Optional[int] = ..., vocabulary_size: _Optional[int] = ..., dtype: _Optional[str] = ..., warm: _Optional[bool] = ..., server_version: _Optional[str] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., warmup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uptime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., device: _Optional[str] = ..., blas: _Optional[str] = ..., parameter_count: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., resident_memory_bytes: _Optional[int] = ..., mlx_active_memory_bytes: _Optional[int] = ..., mlx_cache_memory_bytes: _Optional[int] = ..., active_streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., stream_block: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stream_lookahead: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_full_context_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chunk_overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., transcript_cache: _Optional[_Union[CacheStats, _Mapping]] = ..., worker_pid: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., worker_recycles: _Optional[int] = ..., worker_resident_memory_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., last_batch_size: _Optional[int] = ..., last_step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_stream_lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CacheStats(_message.Message):
     __slots__ = ("max_bytes", "bytes", "entries", "hits", "misses", "evictions", "disk_hits", "disk_rejected", "disk_errors")
