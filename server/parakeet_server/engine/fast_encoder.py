@@ -25,8 +25,10 @@ Set PARAKEET_ENCODER=stock to run parakeet-mlx's own forward instead (comparison
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +38,39 @@ ENV_VAR = "PARAKEET_ENCODER"
 STOCK = "stock"
 
 
+LANES_ENV_VAR = "PARAKEET_ENCODER_LANES"
+
+
 def enabled() -> bool:
     """Whether the fast forward is wanted ($PARAKEET_ENCODER is not "stock")."""
     return os.environ.get(ENV_VAR, "fast").strip().lower() != STOCK
+
+
+def lane_count() -> int:
+    """Parallel CPU streams per module: $PARAKEET_ENCODER_LANES, else 2 on 2+ cores."""
+    configured = os.environ.get(LANES_ENV_VAR, "").strip()
+    if configured:
+        return max(1, int(configured))
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def set_blas_threads(count: int) -> bool:
+    """Sets OpenBLAS's thread count (when engine/blas.py loaded OpenBLAS); True if set.
+
+    Lanes run single-threaded matmuls side by side: an OpenBLAS thread pool inside each
+    would oversubscribe the cores (its threads spin while they wait for work).
+    """
+    from parakeet_server.engine.blas import use_fast_blas
+
+    path = use_fast_blas().path
+    if path is None:
+        return False
+    try:
+        setter = ctypes.CDLL(path).openblas_set_num_threads
+    except (OSError, AttributeError):
+        return False
+    setter(count)
+    return True
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -46,21 +78,40 @@ def enabled() -> bool:
 
 @dataclass(frozen=True)
 class Linear:
-    """y = x @ weight.T + bias, with `weight` as stored by nn.Linear/Conv1d: (out, in)."""
+    """y = x @ W.T + bias. `weight` is W (out, in) as nn.Linear/Conv1d store it, or W.T
+    (in, out) when `transposed`: then the rows of one range of inputs are contiguous, which
+    is what a lane computing a partial sum over its share of the inputs needs."""
 
     weight: mx.array
     bias: mx.array | None
+    transposed: bool = False
+
+    @property
+    def matrix(self) -> mx.array:
+        """The right operand of x @ matrix."""
+        return self.weight if self.transposed else self.weight.T
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.bias is None:
-            return x @ self.weight.T
-        return mx.addmm(self.bias, x, self.weight.T)
+            return x @ self.matrix
+        return mx.addmm(self.bias, x, self.matrix)
 
     def add_to(self, residual: mx.array, x: mx.array, scale: float = 1.0) -> mx.array:
         """residual + scale * self(x), the addition done by the matmul (BLAS beta = 1)."""
         if self.bias is not None:
             residual = residual + scale * self.bias
-        return mx.addmm(residual, x, self.weight.T, alpha=scale)
+        return mx.addmm(residual, x, self.matrix, alpha=scale)
+
+    def outputs(self, start: int, stop: int) -> Linear:
+        """The outputs start..stop: a view of the rows of W."""
+        assert not self.transposed
+        bias = None if self.bias is None else self.bias[start:stop]
+        return Linear(self.weight[start:stop], bias)
+
+    def inputs(self, start: int, stop: int) -> Linear:
+        """The contribution of inputs start..stop, without the bias: a view of rows of W.T."""
+        assert self.transposed
+        return Linear(self.weight[start:stop], None, transposed=True)
 
 
 @dataclass(frozen=True)
@@ -107,6 +158,17 @@ def _linear(module: Any) -> Linear:
     if weight.ndim == 3:  # Conv1d with kernel 1: (out, 1, in)
         weight = weight.reshape(weight.shape[0], weight.shape[2])
     return Linear(weight, module.bias if "bias" in module else None)
+
+
+def _transposed_linear(module: Any) -> Linear:
+    """An nn.Linear's weight stored transposed; the module is given a transposed view of it
+    (for x @ weight.T the stock forward then reads the same contiguous matrix), so the copy
+    costs no memory beyond the load."""
+    transposed = mx.contiguous(module.weight.T)
+    mx.eval(transposed)
+    module.weight = transposed.T
+    mx.eval(module.weight)
+    return Linear(transposed, module.bias if "bias" in module else None, transposed=True)
 
 
 def _norm(module: Any) -> Norm:
@@ -159,10 +221,10 @@ def layer_weights(layer: Any) -> LayerWeights:
     return LayerWeights(
         norm_ff1=_norm(layer.norm_feed_forward1),
         ff1_in=_linear(layer.feed_forward1.linear1),
-        ff1_out=_linear(layer.feed_forward1.linear2),
+        ff1_out=_transposed_linear(layer.feed_forward1.linear2),
         norm_att=_norm(layer.norm_self_att),
         qkv=_fused_qkv(attn),
-        att_out=_linear(attn.linear_out),
+        att_out=_transposed_linear(attn.linear_out),
         pos=attn.linear_pos.weight,
         pos_bias_u=attn.pos_bias_u,
         pos_bias_v=attn.pos_bias_v,
@@ -174,7 +236,7 @@ def layer_weights(layer: Any) -> LayerWeights:
         pw2=_linear(layer.conv.pointwise_conv2),
         norm_ff2=_norm(layer.norm_feed_forward2),
         ff2_in=_linear(layer.feed_forward2.linear1),
-        ff2_out=_linear(layer.feed_forward2.linear2),
+        ff2_out=_transposed_linear(layer.feed_forward2.linear2),
         norm_out=_norm(layer.norm_out),
     )
 
@@ -209,72 +271,267 @@ def layer_step(
     key_mask: mx.array | None = None,
     frame_mask: mx.array | None = None,
     conv_left: mx.array | None = None,
+    lanes: Lanes | None = None,
 ) -> LayerStep:
     """One conformer layer over the frames `x` (B, S, d), attending to past keys and itself.
 
     `positions` is the layer's projected relative positions (H, n, dh) from the highest
     relative position this call uses, P + S - 1 (P = past keys), down to -(S - 1): exactly
-    n = P + 2S - 1 rows. Query i sits at position P + i, key j at j, for every item:
-    items whose caches are shorter are left-padded and masked out by `key_mask`.
+    n = P + 2S - 1 rows; or those sinusoids unprojected, (n, d), to be projected here.
+    Query i sits at position P + i, key j at j, for every item: items whose caches are
+    shorter are left-padded and masked out by `key_mask`.
 
     `key_mask` (B, P + S) is an additive float mask (0 or -inf) over past and new keys;
     `frame_mask` (B, S) is 1 for real frames and 0 for padding, which the depthwise conv
     must read as zeros (it reads `conv_left` (B, c, d) on the left, zeros otherwise).
+    `lanes` splits each module's work over parallel CPU streams (`default_lanes()`).
     """
+    x = feed_forward(w.norm_ff1, w.ff1_in, w.ff1_out, x, lanes)
+    x, keys, values = self_attention(w, x, positions, past_keys, past_values, key_mask, lanes)
+    x, conv_input = convolution(w, x, frame_mask, conv_left, lanes)
+    x = feed_forward(w.norm_ff2, w.ff2_in, w.ff2_out, x, lanes)
+    return LayerStep(w.norm_out(x), keys, values, conv_input)
+
+
+class Lanes:
+    """Parallel CPU streams for one thread: each module's matmuls and elementwise work split
+    in `count` equal parts (by hidden unit, head or channel), joined once or twice a module.
+
+    At the row counts of short audio (M = 26) OpenBLAS gains little from a second thread
+    inside one matmul, while two single-threaded halves on two streams run side by side;
+    MLX's elementwise ops, single-threaded per stream, are split too.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.streams = [mx.new_stream(mx.cpu) for _ in range(count)]
+
+    def share(self, size: int, index: int) -> tuple[int, int]:
+        part = size // self.count
+        return index * part, (index + 1) * part
+
+
+def feed_forward(
+    norm: Norm, lin_in: Linear, lin_out: Linear, x: mx.array, lanes: Lanes | None = None
+) -> mx.array:
+    """x + 0.5 * FF(norm(x)), the half-step residual added inside the second matmul."""
+    h = norm(x)
+    if lanes is None:
+        return lin_out.add_to(x, _silu(lin_in(h)), 0.5)
+    hidden = lin_in.weight.shape[0]
+    parts = []
+    for index, stream in enumerate(lanes.streams):
+        start, stop = lanes.share(hidden, index)
+        with mx.stream(stream):
+            inner = _silu(lin_in.outputs(start, stop)(h))
+            out = lin_out.inputs(start, stop)
+            parts.append(out.add_to(x, inner, 0.5) if index == 0 else out(inner))
+    return _join_sum(parts, 0.5, lin_out.bias)
+
+
+def _join_sum(parts: list[mx.array], scale: float, bias: mx.array | None) -> mx.array:
+    """parts[0] (which holds the residual) + scale * (the other parts [+ bias])."""
+    rest = parts[1]
+    for part in parts[2:]:
+        rest = rest + part
+    if bias is not None:
+        rest = rest + bias
+    return parts[0] + scale * rest if scale != 1.0 else parts[0] + rest
+
+
+def self_attention(
+    w: LayerWeights,
+    x: mx.array,
+    positions: mx.array,
+    past_keys: mx.array | None = None,
+    past_values: mx.array | None = None,
+    key_mask: mx.array | None = None,
+    lanes: Lanes | None = None,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """x + relative-position self-attention of norm(x); also this call's keys and values
+    (B, H, S, dh). `positions` as for `layer_step`."""
     batch, steps, d = x.shape
     heads = w.heads
     head_dim = d // heads
-
-    # Feed-forward 1, half-step residual inside the matmul.
-    h = mx.fast.layer_norm(x, w.norm_ff1.weight, w.norm_ff1.bias, w.norm_ff1.eps)
-    x = w.ff1_out.add_to(x, _silu(w.ff1_in(h)), 0.5)
-
-    # Self-attention with relative positions.
     h = w.norm_att(x)
-    qkv = w.qkv(h).reshape(batch, steps, 3, heads, head_dim)
+    if lanes is None:
+        qkv = w.qkv(h)
+    else:
+        # Q, K, V in equal row ranges of the fused matrix (no head boundaries needed).
+        pieces = []
+        for index, stream in enumerate(lanes.streams):
+            start, stop = lanes.share(3 * d, index)
+            with mx.stream(stream):
+                pieces.append(w.qkv.outputs(start, stop)(h))
+        qkv = mx.concatenate(pieces, axis=-1)
+    qkv = qkv.reshape(batch, steps, 3, heads, head_dim)
     q = qkv[:, :, 0]
     k = qkv[:, :, 1].transpose(0, 2, 1, 3)
     v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-    q_u = (q + w.pos_bias_u).transpose(0, 2, 1, 3)
-    q_v = (q + w.pos_bias_v).transpose(0, 2, 1, 3)
     keys = k if past_keys is None else mx.concatenate([past_keys, k], axis=2)
     values = v if past_values is None else mx.concatenate([past_values, v], axis=2)
-    past = keys.shape[2] - steps
-    span = past + steps
-    scale = 1.0 / math.sqrt(head_dim)
-    bd = q_v @ positions.swapaxes(-1, -2)  # (B, H, S, n)
-    bd = _relative_shift(bd, steps, span)  # (B, H, S, P + S)
-    scores = q_u @ keys.swapaxes(-1, -2) + bd
-    scores = scores * scale
+    if lanes is None:
+        out = _attend(w, q, keys, values, positions, key_mask, 0, heads)
+        return w.att_out.add_to(x, out), k, v
+    parts = []
+    for index, stream in enumerate(lanes.streams):
+        first, last = lanes.share(heads, index)
+        with mx.stream(stream):
+            out = _attend(w, q, keys, values, positions, key_mask, first, last)
+            proj = w.att_out.inputs(first * head_dim, last * head_dim)
+            parts.append(proj.add_to(x, out) if index == 0 else proj(out))
+    return _join_sum(parts, 1.0, w.att_out.bias), k, v
+
+
+def _attend(
+    w: LayerWeights,
+    q: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    positions: mx.array,
+    key_mask: mx.array | None,
+    first: int,
+    last: int,
+) -> mx.array:
+    """Heads first..last of the attention: q (B, S, H, dh), keys/values (B, H, P + S, dh);
+    returns (B, S, (last - first) * dh)."""
+    batch, steps, _, head_dim = q.shape
+    q = q[:, :, first:last]
+    keys, values = keys[:, first:last], values[:, first:last]
+    if positions.ndim == 2:  # sinusoids (n, d): project this range of heads
+        projection = w.pos[first * head_dim : last * head_dim]
+        positions = (positions @ projection.T).reshape(-1, last - first, head_dim)
+        positions = positions.transpose(1, 0, 2)
+    else:
+        positions = positions[first:last]
+    q_u = (q + w.pos_bias_u[first:last]).transpose(0, 2, 1, 3)
+    q_v = (q + w.pos_bias_v[first:last]).transpose(0, 2, 1, 3)
+    bd = q_v @ positions.swapaxes(-1, -2)  # (B, h, S, n): by relative position
+    scores = q_u @ keys.swapaxes(-1, -2) + _relative_shift(bd, steps, keys.shape[2])
+    scores = scores * (1.0 / math.sqrt(head_dim))
     if key_mask is not None:
         scores = scores + key_mask[:, None, None, :]
     weights = mx.softmax(scores, axis=-1, precise=True)
-    out = (weights @ values).transpose(0, 2, 1, 3).reshape(batch, steps, d)
-    x = w.att_out.add_to(x, out)
+    out = (weights @ values).transpose(0, 2, 1, 3)
+    return out.reshape(batch, steps, (last - first) * head_dim)
 
-    # Convolution module: pointwise, GLU, depthwise (+ folded BatchNorm), SiLU, pointwise.
+
+def convolution(
+    w: LayerWeights,
+    x: mx.array,
+    frame_mask: mx.array | None = None,
+    conv_left: mx.array | None = None,
+    lanes: Lanes | None = None,
+) -> tuple[mx.array, mx.array]:
+    """x + the conv module of norm(x): pointwise, GLU, depthwise (BatchNorm folded in),
+    SiLU, pointwise. Also the GLU outputs (masked), which a stream keeps as left context."""
+    d = x.shape[2]
     h = w.norm_conv(x)
-    g = w.pw1(h)
-    g = g[..., :d] * mx.sigmoid(g[..., d:])
+    if lanes is None:
+        y, g = _conv_channels(w, h, frame_mask, conv_left, 0, d)
+        return w.pw2.add_to(x, y), g
+    ys, gs = [], []
+    for index, stream in enumerate(lanes.streams):
+        start, stop = lanes.share(d, index)
+        with mx.stream(stream):
+            y, g = _conv_channels(w, h, frame_mask, conv_left, start, stop)
+            ys.append(y)
+            gs.append(g)
+    y = mx.concatenate(ys, axis=-1)
+    outs = []
+    for index, stream in enumerate(lanes.streams):
+        start, stop = lanes.share(d, index)
+        with mx.stream(stream):
+            outs.append(w.pw2.outputs(start, stop)(y))
+    return x + mx.concatenate(outs, axis=-1), mx.concatenate(gs, axis=-1)
+
+
+def _conv_channels(
+    w: LayerWeights,
+    h: mx.array,
+    frame_mask: mx.array | None,
+    conv_left: mx.array | None,
+    start: int,
+    stop: int,
+) -> tuple[mx.array, mx.array]:
+    """Channels start..stop of the conv module up to its last pointwise conv: (SiLU output,
+    GLU output), each (B, S, stop - start)."""
+    batch, steps, d = h.shape
+    width = stop - start
+    if width == d:
+        a, b = mx.split(w.pw1(h), 2, axis=-1)
+    else:
+        a = w.pw1.outputs(start, stop)(h)
+        b = w.pw1.outputs(d + start, d + stop)(h)
+    g = _glu(a, b)
     if frame_mask is not None:
         g = g * frame_mask[..., None]
     c = w.conv_context
-    left = conv_left if conv_left is not None else mx.zeros((batch, c, d), g.dtype)
-    padded = mx.concatenate([left, g, mx.zeros((batch, c, d), g.dtype)], axis=1)
-    kernel = w.depthwise
-    y = padded[:, 0:steps] * kernel[0] + w.depthwise_bias
+    zeros = mx.zeros((batch, c, width), g.dtype)
+    left = zeros if conv_left is None else conv_left[..., start:stop]
+    padded = mx.concatenate([left, g, zeros], axis=1)
+    kernel = w.depthwise[:, start:stop]
+    y = padded[:, 0:steps] * kernel[0] + w.depthwise_bias[start:stop]
     for tap in range(1, kernel.shape[0]):
         y = y + padded[:, tap : tap + steps] * kernel[tap]
-    x = w.pw2.add_to(x, _silu(y))
+    return _silu(y), g
 
-    # Feed-forward 2 and the output norm.
-    h = w.norm_ff2(x)
-    x = w.ff2_out.add_to(x, _silu(w.ff2_in(h)), 0.5)
-    return LayerStep(w.norm_out(x), k, v, g)
+
+# MLX's CPU exp/sigmoid/tanh run ~20-28 ns an element on x86 (no SIMD path), more than the
+# matmuls around them at small M. tanh as Eigen's rational approximation (clamped where float32
+# tanh is +-1; max error 4e-7) in one compiled kernel costs ~5 ns. GPUs keep MLX's own ops.
+_TANH_P = (
+    -2.76076847742355e-16,
+    2.00018790482477e-13,
+    -8.60467152213735e-11,
+    5.12229709037114e-08,
+    1.48572235717979e-05,
+    6.37261928875436e-04,
+    4.89352455891786e-03,
+)
+_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+_TANH_CLAMP = 7.90531110763549805
+
+
+def _tanh(x: mx.array) -> mx.array:
+    x = mx.minimum(mx.maximum(x, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = x2 * _TANH_P[0] + _TANH_P[1]
+    for c in _TANH_P[2:]:
+        p = p * x2 + c
+    q = x2 * _TANH_Q[0] + _TANH_Q[1]
+    for c in _TANH_Q[2:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+def _silu_cpu(x: mx.array) -> mx.array:
+    return x * (0.5 + 0.5 * _tanh(0.5 * x))
+
+
+def _glu_cpu(a: mx.array, b: mx.array) -> mx.array:
+    return a * (0.5 + 0.5 * _tanh(0.5 * b))
+
+
+_silu_compiled = mx.compile(_silu_cpu, shapeless=True)
+_glu_compiled = mx.compile(_glu_cpu, shapeless=True)
+
+
+def _on_cpu() -> bool:
+    return bool(mx.default_device() == mx.cpu)
 
 
 def _silu(x: mx.array) -> mx.array:
+    if _on_cpu():
+        return _silu_compiled(x)  # type: ignore[no-any-return]
     return x * mx.sigmoid(x)
+
+
+def _glu(a: mx.array, b: mx.array) -> mx.array:
+    """a * sigmoid(b)."""
+    if _on_cpu():
+        return _glu_compiled(a, b)  # type: ignore[no-any-return]
+    return a * mx.sigmoid(b)
 
 
 def _relative_shift(bd: mx.array, steps: int, span: int) -> mx.array:
@@ -295,15 +552,27 @@ def _relative_shift(bd: mx.array, steps: int, span: int) -> mx.array:
 class FastEncoder:
     """The conformer encoder's forward over `encoder`'s weights (a parakeet-mlx Conformer)."""
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, lanes: int | None = None) -> None:
+        """`lanes`: parallel CPU streams per module (default `lane_count()`; 1: none)."""
         if encoder.args.self_attention_model != "rel_pos":
             raise ValueError("the fast encoder supports rel_pos attention only")
         self.encoder = encoder
+        self.lane_count = lane_count() if lanes is None else lanes
+        self._thread = threading.local()  # MLX streams belong to the thread that made them
         self.layers = [layer_weights(layer) for layer in encoder.layers]
         self._by_layer = {
             id(layer): w for layer, w in zip(encoder.layers, self.layers, strict=True)
         }
         self.subsampling = Subsampling(encoder.pre_encode)
+
+    def lanes(self) -> Lanes | None:
+        """This thread's lanes, or None off the CPU or with one lane."""
+        if self.lane_count < 2 or not _on_cpu():
+            return None
+        lanes: Lanes | None = getattr(self._thread, "lanes", None)
+        if lanes is None:
+            lanes = self._thread.lanes = Lanes(self.lane_count)
+        return lanes
 
     def weights_of(self, layer: Any) -> LayerWeights:
         """The fast weights of one of the encoder's ConformerBlock modules."""
@@ -312,10 +581,9 @@ class FastEncoder:
     def relative_positions(
         self, w: LayerWeights, past: int, steps: int, table: tuple[mx.array, int] | None = None
     ) -> mx.array:
-        """The layer's projected positions P + S - 1 .. -(S - 1) for `layer_step`, (H, n, dh).
-
-        `table` is an optional precomputed projection (H, m, dh) whose first row is relative
-        position `top` (streaming.py's per-layer table); else the sinusoids are projected.
+        """The layer's positions P + S - 1 .. -(S - 1) for `layer_step`: projected, (H, n, dh),
+        from `table`, a precomputed projection (H, m, dh) whose first row is relative position
+        `top` (streaming.py's per-layer table); else the sinusoids (n, d), projected there.
         """
         highest, lowest = past + steps - 1, -(steps - 1)
         if table is not None:
@@ -323,7 +591,8 @@ class FastEncoder:
             return projected[:, top - highest : top - lowest + 1]
         pe = self.encoder.pos_enc._pe
         centre = pe.shape[1] // 2
-        return project_positions(w, pe[0, centre - highest : centre - lowest + 1])
+        rows: mx.array = pe[0, centre - highest : centre - lowest + 1].astype(w.pos.dtype)
+        return rows
 
     def stream_layer(
         self,
@@ -348,6 +617,7 @@ class FastEncoder:
             past_keys=None if cache.keys is None else cache.keys[None],
             past_values=None if cache.values is None else cache.values[None],
             conv_left=cache.conv,
+            lanes=self.lanes(),
         )
         cache.keys = _keep_last(cache.keys, step.keys[0, :, :committed], keep)
         cache.values = _keep_last(cache.values, step.values[0, :, :committed], keep)
@@ -381,9 +651,10 @@ class FastEncoder:
         if frame_mask is not None:
             key_mask = mx.where(frame_mask > 0, 0.0, -mx.inf).astype(x.dtype)
         rows = self.positions(steps, x.dtype)
+        lanes = self.lanes()
         for w in self.layers:
-            positions = project_positions(w, rows)
-            x = layer_step(w, x, positions, key_mask=key_mask, frame_mask=frame_mask).x
+            step = layer_step(w, x, rows, key_mask=key_mask, frame_mask=frame_mask, lanes=lanes)
+            x = step.x
         return x, out_lengths
 
 
@@ -536,6 +807,8 @@ def install(model: Any) -> FastEncoder | None:
         fast = FastEncoder(encoder)
     except ValueError:
         return None
+    if fast.lane_count > 1 and _on_cpu():
+        set_blas_threads(1)
     encoder._fast = fast  # a plain attribute, not a parameter (not an array)
     encoder.__class__ = _fast_class(type(encoder))
     return fast
@@ -584,15 +857,19 @@ def _fast_class(stock: type) -> type:
 
 __all__ = [
     "ENV_VAR",
+    "LANES_ENV_VAR",
     "FastEncoder",
+    "Lanes",
     "LayerStep",
     "LayerWeights",
     "enabled",
     "fast_encoder_of",
     "install",
+    "lane_count",
     "layer_step",
     "layer_weights",
     "project_positions",
+    "set_blas_threads",
     "stack_caches",
     "uninstall",
 ]
