@@ -51,34 +51,41 @@ def _max_diff(a: mx.array, b: mx.array) -> float:
     return float(mx.max(mx.abs(a - b)))
 
 
+# One lane is the path GPUs take; two split every module over two CPU streams.
+LANES = [1, 2]
+
+
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("kind", ["tdt", "rnnt", "ctc", "trained"])
 @pytest.mark.parametrize("frames", [9, 201, 733])
 def test_fast_encoder_equals_the_stock_encoder_at_batch_one(
-    models: dict[str, Any], kind: str, frames: int
+    models: dict[str, Any], kind: str, frames: int, lanes: int
 ) -> None:
     model = models[kind]
     mel = _mel(model, 1, frames, seed=frames)
     reference, reference_lengths = model.encoder(mel)
-    fast = fast_encoder.FastEncoder(model.encoder)
+    fast = fast_encoder.FastEncoder(model.encoder, lanes=lanes)
     out, lengths = fast(mel)
     assert lengths.tolist() == reference_lengths.tolist()
     assert _max_diff(out, reference) < ATOL
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("kind", ["tdt", "trained"])
 def test_fast_encoder_equals_the_stock_encoder_on_an_equal_length_batch(
-    models: dict[str, Any], kind: str
+    models: dict[str, Any], kind: str, lanes: int
 ) -> None:
     model = models[kind]
     mel = _mel(model, 3, 311, seed=7)
     reference, _ = model.encoder(mel)
-    out, _ = fast_encoder.FastEncoder(model.encoder)(mel)
+    out, _ = fast_encoder.FastEncoder(model.encoder, lanes=lanes)(mel)
     assert _max_diff(out, reference) < ATOL
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("kind", ["tdt", "trained"])
 def test_a_padded_batch_gives_each_item_what_it_gets_alone(
-    models: dict[str, Any], kind: str
+    models: dict[str, Any], kind: str, lanes: int
 ) -> None:
     """Padding may not leak into real frames through the subsampling convolutions, the
     attention keys or the depthwise convolution. (The stock module ignores lengths, so the
@@ -91,7 +98,8 @@ def test_a_padded_batch_gives_each_item_what_it_gets_alone(
     batch = mx.concatenate(
         [mx.concatenate([m, _mel(model, 1, longest - m.shape[1], 99)], axis=1) for m in items]
     )
-    out, out_lengths = fast_encoder.FastEncoder(model.encoder)(batch, mx.array(lengths))
+    fast = fast_encoder.FastEncoder(model.encoder, lanes=lanes)
+    out, out_lengths = fast(batch, mx.array(lengths))
     for index, item in enumerate(items):
         alone, alone_lengths = model.encoder(item)
         frames = int(alone_lengths[0])
@@ -144,12 +152,14 @@ def _stream(model: Any, settings: StreamingSettings, audio: np.ndarray) -> tuple
     return outputs, session
 
 
+@pytest.mark.parametrize("lanes", LANES)
 @pytest.mark.parametrize("kind", ["tdt", "trained"])
 def test_streaming_steps_equal_the_stock_streaming_path(
-    checkpoints: dict[str, Path], kind: str
+    checkpoints: dict[str, Path], kind: str, lanes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Block by block with cached keys/values and conv context (which the small left
     context makes the caches trim), the fast layer step gives the stock step's outputs."""
+    monkeypatch.setenv(fast_encoder.LANES_ENV_VAR, str(lanes))
     path = TRAINED_MODEL if kind == "trained" else checkpoints[kind]
     stock, fast = _load(path), _load(path)
     assert fast_encoder.install(fast) is not None
@@ -164,13 +174,14 @@ def test_streaming_steps_equal_the_stock_streaming_path(
     assert [t.id for t in fast_session.tokens] == [t.id for t in stock_session.tokens]
 
 
+@pytest.mark.parametrize("lanes", LANES)
 def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
-    models: dict[str, Any],
+    models: dict[str, Any], lanes: int
 ) -> None:
     """Streams batched into one layer step, with key/value caches of different lengths (one
     empty) and different numbers of new frames, each get what they get stepped alone."""
     model = models["tdt"]
-    fast = fast_encoder.FastEncoder(model.encoder)
+    fast = fast_encoder.FastEncoder(model.encoder, lanes=lanes)
     layer = model.encoder.layers[1]
     w = fast.weights_of(layer)
     d, heads = model.encoder_config.d_model, w.heads
@@ -203,6 +214,7 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
         key_mask=key_mask,
         frame_mask=frame_mask,
         conv_left=mx.concatenate(convs),
+        lanes=fast.lanes(),
     )
     for i, (p, s) in enumerate(zip(past_lengths, step_lengths, strict=True)):
         alone = fast_encoder.layer_step(
@@ -212,6 +224,7 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
             past_keys=None if keys[i] is None else keys[i][None],
             past_values=None if values[i] is None else values[i][None],
             conv_left=convs[i],
+            lanes=fast.lanes(),
         )
         assert _max_diff(batched.x[i : i + 1, :s], alone.x) < ATOL
         assert _max_diff(batched.keys[i : i + 1, :, :s], alone.keys) < ATOL

@@ -523,14 +523,14 @@ def _on_cpu() -> bool:
 
 def _silu(x: mx.array) -> mx.array:
     if _on_cpu():
-        return _silu_compiled(x)  # type: ignore[no-any-return]
+        return _silu_compiled(x)
     return x * mx.sigmoid(x)
 
 
 def _glu(a: mx.array, b: mx.array) -> mx.array:
     """a * sigmoid(b)."""
     if _on_cpu():
-        return _glu_compiled(a, b)  # type: ignore[no-any-return]
+        return _glu_compiled(a, b)
     return a * mx.sigmoid(b)
 
 
@@ -642,7 +642,8 @@ class FastEncoder:
         leak into real frames (subsampling, attention keys, depthwise conv): each item gets
         what it would get alone. The stock module ignores lengths beyond returning them.
         """
-        x, out_lengths, frame_mask = self.subsampling(features, lengths)
+        lanes = self.lanes()
+        x, out_lengths, frame_mask = self.subsampling(features, lengths, lanes)
         scale = self.encoder.pos_enc.scale
         if scale != 1.0:
             x = x * scale
@@ -651,7 +652,6 @@ class FastEncoder:
         if frame_mask is not None:
             key_mask = mx.where(frame_mask > 0, 0.0, -mx.inf).astype(x.dtype)
         rows = self.positions(steps, x.dtype)
-        lanes = self.lanes()
         for w in self.layers:
             step = layer_step(w, x, rows, key_mask=key_mask, frame_mask=frame_mask, lanes=lanes)
             x = step.x
@@ -730,9 +730,15 @@ class Subsampling:
         self.out = _linear(pre_encode.out)
 
     def __call__(
-        self, features: mx.array, lengths: mx.array | None
+        self, features: mx.array, lengths: mx.array | None, lanes: Lanes | None = None
     ) -> tuple[mx.array, mx.array, mx.array | None]:
-        """mel (B, T, F) -> (x (B, T', d), lengths (B,), frame mask (B, T') or None)."""
+        """mel (B, T, F) -> (x (B, T', d), lengths (B,), frame mask (B, T') or None).
+
+        With `lanes`, each lane computes a range of output frames from a window of the mel
+        with 2 frames of context on the left and 1 on the right (as streaming.py does): the
+        strided convolutions then see what they see in the whole signal (the windows start
+        at multiples of the subsampling factor, so strides stay in phase).
+        """
         batch, frames, _ = features.shape
         if lengths is None:
             lengths = mx.full((batch,), frames, dtype=mx.int32)
@@ -741,15 +747,44 @@ class Subsampling:
         for _ in range(self._stride_stages):
             stage_lengths.append((stage_lengths[-1] - 1) // 2 + 1)
         masked = bool(mx.any(lengths < frames).item())
+        masks = stage_lengths if masked else None
+        steps = frames
+        for _ in range(self._stride_stages):
+            steps = (steps - 1) // 2 + 1
+        factor = 2**self._stride_stages
+        if lanes is None or steps < 4 * lanes.count:
+            x = self._window(features, masks, 0)
+        else:
+            pieces = []
+            for index, stream in enumerate(lanes.streams):
+                first, last = lanes.share(steps, index)
+                if index == lanes.count - 1:
+                    last = steps
+                start = max(0, (first - 2) * factor)
+                stop = min(frames, (last + 1) * factor)
+                with mx.stream(stream):
+                    y = self._window(features[:, start:stop], masks, start)
+                    skip = first - start // factor
+                    pieces.append(y[:, skip : skip + last - first])
+            x = mx.concatenate(pieces, axis=1)
+        out_lengths = stage_lengths[-1]
+        frame_mask = _time_mask(out_lengths, steps, x.dtype) if masked else None
+        return x, out_lengths, frame_mask
+
+    def _window(self, features: mx.array, masks: list[mx.array] | None, start: int) -> mx.array:
+        """The subsampled frames of mel frames start.. (a multiple of the factor), (B, n, d);
+        `masks`: per-stage lengths to zero padding with, else None."""
         x = features[..., None]  # (B, T, F, 1)
-        if masked:  # padding must read as the zeros the convolutions pad with
-            x = x * _time_mask(stage_lengths[0], frames, x.dtype)[:, :, None, None]
+        if masks is not None:  # padding must read as the zeros the convolutions pad with
+            x = x * _time_mask(masks[0], x.shape[1], x.dtype, start)[:, :, None, None]
         stage = 0
         for kind, kernel, bias in self._stages:
             if kind == "relu":
                 x = mx.maximum(x, 0)
-                if masked:
-                    x = x * _time_mask(stage_lengths[stage], x.shape[1], x.dtype)[:, :, None, None]
+                if masks is not None:
+                    offset = start >> stage
+                    mask = _time_mask(masks[stage], x.shape[1], x.dtype, offset)
+                    x = x * mask[:, :, None, None]
                 continue
             if kind == "pointwise":
                 x = x @ kernel.T if bias is None else mx.addmm(bias, x, kernel.T)
@@ -767,13 +802,12 @@ class Subsampling:
         # (B, T', F', C) -> (B, T', C * F'), the stock module's (channel, frequency) order.
         batch, steps, freq, channels = x.shape
         x = x.transpose(0, 1, 3, 2).reshape(batch, steps, channels * freq)
-        out_lengths = stage_lengths[-1]
-        frame_mask = _time_mask(out_lengths, steps, x.dtype) if masked else None
-        return self.out(x), out_lengths, frame_mask
+        return self.out(x)
 
 
-def _time_mask(lengths: mx.array, steps: int, dtype: Any) -> mx.array:
-    return (mx.arange(steps)[None, :] < lengths[:, None]).astype(dtype)
+def _time_mask(lengths: mx.array, steps: int, dtype: Any, offset: int = 0) -> mx.array:
+    """1 for frames offset..offset+steps below each item's length, else 0: (B, steps)."""
+    return (mx.arange(offset, offset + steps)[None, :] < lengths[:, None]).astype(dtype)
 
 
 def _taps(x: mx.array) -> list[mx.array]:
