@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from parakeet_server.testing import launcher
 
@@ -24,7 +26,9 @@ def checkpoint(size: str) -> Path:
     return path
 
 
-def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    model: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """A server on a free port, once SERVING; its output goes to `log`."""
     server = launcher.start_server(
         model,
@@ -33,6 +37,7 @@ def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[
         str(launcher.MESSAGE_BYTES),
         *extra,
         log_path=log,
+        env=env,
         timeout=1800,  # the full-size model loads and warms in minutes on 2 cores
     )
     return server.process, server.port
@@ -43,3 +48,10 @@ def speechlike(seconds: float, rng: np.random.Generator) -> bytes:
     n = int(seconds * 16000)
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * np.arange(n) / 16000)
     return (rng.normal(0, 0.1, n) * envelope).astype("<f4").tobytes()
+
+
+def wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    """16-bit PCM WAV of float samples."""
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()

@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import soundfile as sf
-from common import checkpoint, speechlike, start_server
+from common import checkpoint, speechlike, start_server, wav
 
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
@@ -62,12 +62,6 @@ class Row:
             f"| {self.seconds:g} s | {self.path} | {self.time:.4f} s | "
             f"{self.time / self.seconds:.4f} | {overhead} |"
         )
-
-
-def wav(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    sf.write(out, samples, RATE, format="WAV", subtype="PCM_16")
-    return out.getvalue()
 
 
 def recording(seconds: float, variant: int) -> np.ndarray:

@@ -100,6 +100,9 @@ class ParakeetEngine:
             mx.eval(model.parameters())
         except Exception as error:  # the hub, the filesystem, safetensors, config parsing
             raise ModelLoadError(_describe_load_failure(model_id, source, error)) from error
+        from parakeet_server.engine.fast_encoder import install as install_fast_encoder
+
+        install_fast_encoder(model)  # $PARAKEET_ENCODER=stock keeps parakeet-mlx's forward
         load_seconds = time.perf_counter() - started
         preprocessor = model.preprocessor_config
         # The STFT reflect-pads by n_fft/2 and crashes MLX on shorter input; one encoder

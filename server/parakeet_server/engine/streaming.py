@@ -33,6 +33,7 @@ import numpy as np
 
 from parakeet_server import domain
 from parakeet_server.domain import BlockSchedule, Transcript
+from parakeet_server.engine import fast_encoder
 from parakeet_server.engine.decoding import DecoderState, copy_state, ctc_greedy, transducer_greedy
 from parakeet_server.engine.features import RunningNormaliser, StreamingFeatures
 from parakeet_server.engine.results import to_transcript
@@ -146,6 +147,7 @@ class StreamingSession:
         # Weight-derived tables that every stream with these settings can reuse.
         self._shared = shared if shared is not None else {}
         self._encoder = model.encoder
+        self._fast = fast_encoder.fast_encoder_of(model)  # installed by the engine, or None
         self._subsampling = model.encoder_config.subsampling_factor
         self._features = StreamingFeatures(model.preprocessor_config)
         self._normaliser = RunningNormaliser(model.preprocessor_config.features)
@@ -258,7 +260,10 @@ class StreamingSession:
         window = self._mel[mel_start - self._mel_offset : mel_stop - self._mel_offset]
         features = self._normaliser(window).astype(self._dtype)[None]
         lengths = mx.array([features.shape[1]])
-        x, _ = self._encoder.pre_encode(features, lengths)
+        if self._fast is not None:
+            x, _, _ = self._fast.subsampling(features, None)
+        else:
+            x, _ = self._encoder.pre_encode(features, lengths)
         first = start - mel_start // factor
         x = x[:, first : first + (ahead - start)]
         if self._encoder.pos_enc is not None:
@@ -276,6 +281,9 @@ class StreamingSession:
         return encoded
 
     def _layer(self, layer: Any, cache: _LayerCache, x: mx.array, committed: int) -> mx.array:
+        if self._fast is not None:
+            keep = self._settings.left_context_frames
+            return self._fast.stream_layer(layer, cache, x, committed, self._positions(layer), keep)
         x = x + 0.5 * layer.feed_forward1(layer.norm_feed_forward1(x))
         attended, k, v = local_attention(
             layer.self_attn,
