@@ -117,6 +117,10 @@ def project_positions(
     return projected
 
 
+# Two frames of left context and one of right context make the strided convolutions of the
+# subsampling see what they would in the whole signal; zero padding only at the true edges.
+_MEL_CONTEXT = 2
+
 # Relative positions per precomputed table (4 MB per layer at d_model 1024).
 MAX_POSITION_TABLE = 1024
 
@@ -198,9 +202,7 @@ class StreamingSession:
 
     def step(self) -> StepResult:
         """Encodes and decodes the next complete block; call while pending_blocks() > 0."""
-        start = self._committed_frames
-        end = start + self._settings.block_frames
-        return self._encode_and_decode(start, end, end + self._settings.lookahead_frames)
+        return self._encode_and_decode(*self._next_span())
 
     def finish(self) -> StepResult:
         """Ends the stream: encodes and decodes everything left, with no look-ahead."""
@@ -237,6 +239,10 @@ class StreamingSession:
     def _encode_and_decode(self, start: int, end: int, ahead: int) -> StepResult:
         x = self._encode(start, end, ahead)
         mx.eval(x)
+        return self._decode_step(x, start, end, ahead)
+
+    def _decode_step(self, x: mx.array, start: int, end: int, ahead: int) -> StepResult:
+        """Decodes the encoded frames [start, ahead): committed up to `end`, draft after."""
         committed = self._decode(x[:, : end - start], start, commit=True)
         draft = self._decode(x[:, end - start :], end, commit=False) if ahead > end else []
         self.tokens.extend(committed)
@@ -245,11 +251,24 @@ class StreamingSession:
 
     def _encode(self, start: int, end: int, ahead: int) -> mx.array:
         """Encoder output for frames [start, ahead); frames [start, end) are committed."""
+        x = self._embed(start, ahead)
+        committed = end - start
+        for layer, cache in zip(self._encoder.layers, self._caches, strict=True):
+            x = self._layer(layer, cache, x, committed)
+        self._advance(end)
+        return x
+
+    def _next_span(self) -> tuple[int, int, int]:
+        """(start, end, ahead) of the next block: frames [start, end) are committed by it and
+        [end, ahead) are its look-ahead."""
+        start = self._committed_frames
+        end = start + self._settings.block_frames
+        return start, end, end + self._settings.lookahead_frames
+
+    def _embed(self, start: int, ahead: int) -> mx.array:
+        """The subsampled, scaled input of the conformer layers for frames [start, ahead)."""
         factor = self._subsampling
-        # Two frames of left context and one of right context make the strided convolutions
-        # see what they would in the whole signal; zero padding only at the true edges.
-        context = 2
-        mel_start = max(0, (start - context) * factor)
+        mel_start = max(0, (start - _MEL_CONTEXT) * factor)
         mel_stop = min(ahead * factor + factor, self._mel_offset + self._mel.shape[0])
         if mel_stop > self._stats_end:
             # Statistics of exactly the frames up to this window's end: how much more audio
@@ -268,17 +287,16 @@ class StreamingSession:
         x = x[:, first : first + (ahead - start)]
         if self._encoder.pos_enc is not None:
             x = x * self._encoder.pos_enc.scale
-        committed = end - start
-        for layer, cache in zip(self._encoder.layers, self._caches, strict=True):
-            x = self._layer(layer, cache, x, committed)
-        # Drop mel that no later window needs.
-        keep_from = max(0, (end - context) * factor)
+        embedded: mx.array = x
+        return embedded
+
+    def _advance(self, end: int) -> None:
+        """Frames before `end` are committed: drop the mel that no later window needs."""
+        keep_from = max(0, (end - _MEL_CONTEXT) * self._subsampling)
         if keep_from > self._mel_offset:
             self._mel = self._mel[keep_from - self._mel_offset :]
             self._mel_offset = keep_from
         self._committed_frames = end
-        encoded: mx.array = x
-        return encoded
 
     def _layer(self, layer: Any, cache: _LayerCache, x: mx.array, committed: int) -> mx.array:
         if self._fast is not None:
@@ -345,8 +363,80 @@ class StreamingSession:
 
 
 def step_streams(sessions: list[StreamingSession]) -> list[StepResult]:
-    """The next block of each session (each must have one pending)."""
-    return [session.step() for session in sessions]
+    """The next block of each session (each must have one pending), the sessions' blocks
+    through the encoder as one batch: each layer's matmuls get every stream's frames at once.
+
+    Per stream the result is what `step()` gives alone, within float tolerance (the batch's
+    matmuls sum in another order; caches of different lengths are left-padded and masked).
+    Sessions of another model or schedule, or without the fast encoder, step one by one.
+    """
+    first = sessions[0]
+    fast = first._fast
+    if (
+        len(sessions) < 2
+        or fast is None
+        or any(s._fast is not fast or s._settings != first._settings for s in sessions)
+    ):
+        return [session.step() for session in sessions]
+    spans = [session._next_span() for session in sessions]
+    inputs = [
+        session._embed(start, ahead)
+        for session, (start, _, ahead) in zip(sessions, spans, strict=True)
+    ]
+    steps = [x.shape[1] for x in inputs]
+    most = max(steps)
+    x = mx.concatenate([mx.pad(x, [(0, 0), (0, most - x.shape[1]), (0, 0)]) for x in inputs])
+    committed = [end - start for start, end, _ in spans]
+    keep = first._settings.left_context_frames
+    for index, layer in enumerate(first._encoder.layers):
+        caches = [session._caches[index] for session in sessions]
+        x = _batched_layer(fast, layer, caches, x, steps, committed, first._positions(layer), keep)
+    mx.eval(x)
+    results = []
+    for row, (session, (start, end, ahead)) in enumerate(zip(sessions, spans, strict=True)):
+        session._advance(end)
+        results.append(session._decode_step(x[row : row + 1, : steps[row]], start, end, ahead))
+    return results
+
+
+def _batched_layer(
+    fast: fast_encoder.FastEncoder,
+    layer: Any,
+    caches: list[_LayerCache],
+    x: mx.array,
+    steps: list[int],
+    committed: list[int],
+    table: tuple[mx.array, int] | None,
+    keep: int,
+) -> mx.array:
+    """`FastEncoder.stream_layer` for a batch of streams: x (B, S, d), right-padded past each
+    stream's `steps`; each cache gains its stream's first `committed` frames."""
+    w = fast.weights_of(layer)
+    past_keys, past_values, key_mask, frame_mask = fast_encoder.stack_caches(
+        [cache.keys for cache in caches], [cache.values for cache in caches], steps
+    )
+    past = 0 if past_keys is None else past_keys.shape[2]
+    context = w.conv_context
+    zeros = mx.zeros((1, context, x.shape[2]), x.dtype)
+    conv_left = mx.concatenate([zeros if c.conv is None else c.conv for c in caches])
+    step = fast_encoder.layer_step(
+        w,
+        x,
+        fast.relative_positions(w, past, x.shape[1], table),
+        past_keys=past_keys,
+        past_values=past_values,
+        key_mask=key_mask,
+        frame_mask=frame_mask,
+        conv_left=conv_left,
+        lanes=fast.lanes(),
+    )
+    for row, (cache, count) in enumerate(zip(caches, committed, strict=True)):
+        cache.keys = _keep_last(cache.keys, step.keys[row, :, :count], keep, axis=1)
+        cache.values = _keep_last(cache.values, step.values[row, :, :count], keep, axis=1)
+        left = conv_left[row : row + 1]
+        fresh = step.conv_input[row : row + 1, :count]
+        cache.conv = mx.concatenate([left, fresh], axis=1)[:, -context:]
+    return step.x
 
 
 def _keep_last(old: mx.array | None, new: mx.array, keep: int, axis: int) -> mx.array:
