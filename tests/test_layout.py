@@ -15,13 +15,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "server" / "parakeet_server"
 
 # Who may import what from outside: MLX only in the model process's engine, gRPC only in the
-# API layer (and the test launcher, which is a client).
+# gRPC layer (and the test launcher, which is a client), HTTP only in the HTTP layer. The
+# client's plain-Python formats (srt, vtt) are shared with the HTTP layer, nothing else of it.
 MLX = ("mlx", "parakeet_mlx")
 GRPC = ("grpc", "grpc_health", "grpc_reflection", "parakeet_client")
+HTTP = ("aiohttp",)
+SHARED = ("parakeet_client.formats",)
 ALLOWED = {
     "engine": {*MLX},
     "api": {*GRPC},
     "testing": {*GRPC},
+    "http_api": {*HTTP},
 }
 
 
@@ -56,12 +60,14 @@ def _folder(module: str) -> str:
     return parts[1] if len(parts) > 2 else ""
 
 
-def test_mlx_is_imported_only_under_engine_and_grpc_only_under_api() -> None:
+def test_mlx_is_imported_only_under_engine_grpc_under_api_and_http_under_http_api() -> None:
     wrong = []
     for module, path in _modules().items():
         allowed = ALLOWED.get(_folder(module), set())
         for imported in _imports(path):
-            for root in (*MLX, *GRPC):
+            if imported in SHARED or imported.startswith(tuple(f"{s}." for s in SHARED)):
+                continue
+            for root in (*MLX, *GRPC, *HTTP):
                 if (imported == root or imported.startswith(root + ".")) and root not in allowed:
                     wrong.append(f"{module} imports {imported}")
     assert not wrong, "\n".join(sorted(wrong))
@@ -97,12 +103,13 @@ def test_the_package_has_no_import_cycle() -> None:
     ("lower", "upper"),
     [
         ("domain", ""),  # plain data: imports nothing of the package
-        ("engine", "api pipeline workers cache audio testing"),
-        ("workers", "api pipeline cache audio testing"),
-        ("pipeline", "api testing"),
-        ("cache", "api pipeline workers engine testing"),
-        ("audio", "api pipeline workers engine cache testing"),
-        ("ops", "api pipeline workers engine testing"),
+        ("engine", "api http_api pipeline workers cache audio testing"),
+        ("workers", "api http_api pipeline cache audio testing"),
+        ("http_api", "api testing"),
+        ("pipeline", "api http_api testing"),
+        ("cache", "api http_api pipeline workers engine testing"),
+        ("audio", "api http_api pipeline workers engine cache testing"),
+        ("ops", "api http_api pipeline workers engine testing"),
     ],
 )
 def test_no_layer_imports_a_layer_above_it(lower: str, upper: str) -> None:

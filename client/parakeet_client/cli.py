@@ -17,6 +17,8 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
+from parakeet_client.batch import BatchSettings, balanced_target, collect, plan, run_batch
+from parakeet_client.formats import FORMATS
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client.stream import (
@@ -98,8 +100,20 @@ def _describe_rpc_error(error: grpc.RpcError, server: str) -> tuple[str, int]:
     return f"{code.name}: {details}", EXIT_FAILED
 
 
+def _is_batch(args: argparse.Namespace) -> bool:
+    """One file and none of the batch flags: today's single-file output on stdout."""
+    batch_flags = (args.jobs, args.output_dir, args.output_format, args.output_template)
+    return (
+        len(args.files) > 1
+        or any(Path(name).is_dir() for name in args.files)
+        or any(flag is not None for flag in batch_flags)
+    )
+
+
 def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
-    path = Path(args.file)
+    if _is_batch(args):
+        return _transcribe_batch(stub, args)
+    path = Path(args.files[0])
     try:
         audio = path.read_bytes()
     except OSError as error:
@@ -141,6 +155,55 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
         print(format_words(response.transcript))
     print(format_metrics(response.metrics), file=sys.stderr)
     return 0
+
+
+def _transcribe_batch(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
+    if args.json or args.words:
+        return _fail(
+            "--json and --words print one file's result; for many files use --output-format json",
+            EXIT_USAGE,
+        )
+    fmt = args.output_format or "srt"
+    jobs = args.jobs if args.jobs is not None else 4
+    if jobs < 1 or args.retries < 0:
+        return _fail("--jobs must be at least 1 and --retries not negative", EXIT_USAGE)
+    try:
+        files = collect(args.files)
+    except OSError as error:
+        return _fail(str(error), EXIT_USAGE)
+    if not files:
+        return _fail("no audio files found in " + " ".join(args.files), EXIT_USAGE)
+    settings = BatchSettings(
+        formats=FORMATS if fmt == "all" else (fmt,),
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        template=args.output_template or "{filename}",
+        jobs=jobs,
+        retries=args.retries,
+        timeout=args.timeout,
+        metadata=args.metadata,
+        audio_format=pb.AudioFormat(
+            encoding=_ENCODINGS[args.encoding],
+            sample_rate_hertz=args.sample_rate,
+            channel_count=args.channels,
+        ),
+        beam=args.beam or 0,
+    )
+    try:
+        settings.template.format(filename="f", parent="p", date="d", index="1")
+    except (KeyError, IndexError, ValueError) as error:
+        return _fail(
+            f"--output-template {settings.template!r}: {error!r}; the fields are {{filename}}, "
+            "{parent}, {date} and {index}",
+            EXIT_USAGE,
+        )
+    try:
+        plan(files, settings)
+    except ValueError as error:
+        return _fail(str(error), EXIT_USAGE)
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    result = run_batch(stub, files, settings, sys.stderr if show_progress else None)
+    print(f"parakeet-client: {result.summary()}", file=sys.stderr)
+    return EXIT_FAILED if result.failures else 0
 
 
 class ProgressBar:
@@ -308,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server",
         default=os.environ.get("PARAKEET_SERVER", DEFAULT_SERVER),
-        help="HOST:PORT of the server [env PARAKEET_SERVER; default %(default)s]",
+        help="HOST:PORT of the server; several as HOST1:PORT,HOST2:PORT or a dns:///NAME:PORT "
+        "target, balanced round-robin [env PARAKEET_SERVER; default %(default)s]",
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for an answer"
@@ -332,8 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--token-file", metavar="PATH", help="read the bearer token from a file")
     commands = parser.add_subparsers(dest="command", required=True)
-    transcribe = commands.add_parser("transcribe", help="transcribe an audio file")
-    transcribe.add_argument("file", help="WAV, FLAC, OGG, Opus, MP3, m4a/AAC, or raw PCM")
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="transcribe audio files",
+        description="One file: the text on stdout and the PERF line on stderr. Several files, "
+        "a directory, or any of the output flags: each file's transcript written to files "
+        "(beside it, or in --output-dir), --jobs at a time, a file whose outputs exist skipped, "
+        "and a summary at the end.",
+    )
+    transcribe.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="WAV, FLAC, OGG, Opus, MP3, m4a/AAC, or raw PCM; or a directory (searched "
+        "recursively for audio)",
+    )
     transcribe.add_argument("--json", action="store_true", help="print the whole response as JSON")
     transcribe.add_argument("--words", action="store_true", help="print word timestamps")
     transcribe.add_argument(
@@ -352,6 +429,34 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    batch = transcribe.add_argument_group("many files")
+    batch.add_argument(
+        "--jobs", type=int, metavar="N", help="files transcribed at once (default 4)"
+    )
+    batch.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where the outputs go (default: beside each audio file)",
+    )
+    batch.add_argument(
+        "--output-format",
+        choices=[*FORMATS, "all"],
+        help="txt, srt, vtt, json (parakeet-mlx's layout) or all (default srt)",
+    )
+    batch.add_argument(
+        "--output-template",
+        metavar="TEMPLATE",
+        help="output name without suffix, from {filename} {parent} {date} {index} "
+        "(default {filename})",
+    )
+    batch.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="tries again after UNAVAILABLE or RESOURCE_EXHAUSTED, with back-off "
+        "(default %(default)s)",
     )
     stream = commands.add_parser(
         "stream",
@@ -417,12 +522,16 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    options = [
+    options: list[tuple[str, str | int]] = [
         ("grpc.max_send_message_length", 1024 * 1024 * 1024),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
+    target = balanced_target(args.server)
+    if target != args.server or target.startswith("dns:"):
+        # Several servers: every call goes to the next ready one; a dead one is left out.
+        options.append(("grpc.lb_policy_name", "round_robin"))
     if not (args.tls or args.tls_ca):
-        return grpc.insecure_channel(args.server, options=options)
+        return grpc.insecure_channel(target, options=options)
     roots = None
     if args.tls_ca:
         try:
@@ -430,7 +539,11 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
         except OSError as error:
             raise OSError(f"cannot read {args.tls_ca}: {error.strerror}") from None
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.secure_channel(args.server, credentials, options=options)
+    if target != args.server:
+        # Names resolved to addresses here: the certificate is checked against the first name.
+        host = args.server.split(",")[0].rpartition(":")[0].strip("[] ")
+        options.append(("grpc.ssl_target_name_override", host))
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class ServerConfig:
     log_format: str = "text"
     blas: str | None = None
     metrics_address: str = ""
+    http_address: str = ""
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -99,6 +100,11 @@ class ServerConfig:
                 split_address(self.metrics_address)
             except ValueError as error:
                 problems.append(f"metrics address: {error}")
+        if self.http_address:
+            try:
+                split_address(self.http_address)
+            except ValueError as error:
+                problems.append(f"http address: {error}")
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca and not self.tls_cert:
@@ -267,7 +273,15 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "HOST:PORT serving Prometheus metrics over HTTP, e.g. 127.0.0.1:9464 (empty: off; "
         "port 0: any free port, logged)",
     ),
-    ("--tls-cert", "tls_cert", str, "PEM certificate chain: serve gRPC over TLS"),
+    (
+        "--http-address",
+        "http_address",
+        str,
+        "HOST:PORT serving the OpenAI-style API over HTTP (POST /v1/audio/transcriptions, "
+        "GET /v1/models), e.g. 127.0.0.1:8000; HTTPS with --tls-cert (empty: off; port 0: any "
+        "free port, logged)",
+    ),
+    ("--tls-cert", "tls_cert", str, "PEM certificate chain: serve gRPC (and HTTP) over TLS"),
     ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
     (
         "--tls-client-ca",

@@ -1,4 +1,5 @@
-"""Domain errors: one type per failure class, mapped to gRPC status codes in service.py."""
+"""Domain errors: one type per failure class, mapped to gRPC status codes in api/service.py and
+to HTTP statuses in http_api/app.py."""
 
 
 class ParakeetError(Exception):
@@ -39,3 +40,7 @@ class ModelLoadError(ParakeetError):
 
 class AudioNotCached(ParakeetError):
     """The request named its audio by digest, and the server does not hold that audio."""
+
+
+class Unauthenticated(ParakeetError):
+    """The request does not carry the server's bearer token."""

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,6 +34,9 @@ from parakeet_server.pipeline.unary import UnaryLimits, UnaryTranscriptions
 from parakeet_server.workers.protocol import ModelSpec
 from parakeet_server.workers.scheduler import BatchPolicy
 from parakeet_server.workers.supervisor import RecyclePolicy, Supervisor
+
+if TYPE_CHECKING:
+    from parakeet_server.http_api.app import HttpApi
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,26 @@ class Server:
                 left_context_seconds=config.stream_left_context_seconds,
             ),
         )
+        self.http: HttpApi | None = None
+        if config.http_address:
+            # aiohttp is imported only by servers that serve HTTP.
+            from parakeet_server.http_api.app import HttpApi, HttpSettings, server_ssl_context
+
+            self.http = HttpApi(
+                HttpSettings(
+                    address=config.http_address,
+                    model=config.model,
+                    max_audio_bytes=config.max_message_bytes,
+                    token=token,
+                    ssl_context=server_ssl_context(
+                        config.tls_cert, config.tls_key, config.tls_client_ca
+                    )
+                    if config.tls_cert and config.tls_key
+                    else None,
+                ),
+                unary,
+                self.metrics,
+            )
         pb_grpc.add_TranscriptionServiceServicer_to_server(
             TranscriptionService(
                 self.supervisor, config, self.caches, unary, streams, lambda: self.last_batch
@@ -168,6 +192,12 @@ class Server:
             log.info("metrics address=%s", self.metrics_endpoint.address)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
+        if self.http is not None:
+            # Before the model loads, like gRPC: until then requests get 503.
+            await self.http.start()
+            log.info(
+                "http address=%s tls=%s", self.http.address, "on" if self.config.tls_cert else "off"
+            )
         if self.config.port_file:
             _write_port_file(Path(self.config.port_file), self.port)
         log.info(
@@ -208,6 +238,8 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds."""
         self.drain.close()
+        if self.http is not None:
+            self.http.close()
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         started = time.perf_counter()
@@ -218,6 +250,11 @@ class Server:
                 self.drain.running,
             )
         remaining = max(0.0, grace - (time.perf_counter() - started))
+        if self.http is not None:
+            if not await self.http.drained(remaining):
+                log.warning("shutdown grace over; cancelling HTTP requests still running")
+            await self.http.stop()
+            remaining = max(0.0, grace - (time.perf_counter() - started))
         await self.grpc.stop(min(remaining, _TAIL_SECONDS))
         await self.supervisor.close()
         self.close_metrics()
@@ -303,6 +340,8 @@ async def serve(config: ServerConfig) -> int:
             starting.result()
         except ModelLoadError as error:
             log.error("cannot start: %s", error)
+            if server.http is not None:
+                await server.http.stop()
             await server.grpc.stop(None)
             await server.supervisor.close()
             server.close_metrics()

@@ -37,6 +37,7 @@ from parakeet_server.errors import (
     Overloaded,
     ParakeetError,
     RequestTooLarge,
+    Unauthenticated,
 )
 from parakeet_server.ops.logs import request_fields
 from parakeet_server.ops.perf import RequestFigures
@@ -58,6 +59,7 @@ _STATUS: dict[type[ParakeetError], grpc.StatusCode] = {
     AudioNotCached: grpc.StatusCode.NOT_FOUND,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 _MODEL_KINDS = {

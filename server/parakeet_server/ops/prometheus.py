@@ -98,9 +98,17 @@ class ServerMetrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.http_requests = Counter(
+            "http_requests",
+            "finished requests of the OpenAI-style HTTP API by route and HTTP status",
+            ["route", "status"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "in_flight_requests",
-            "RPCs in progress by method (StreamingTranscribe: open streams)",
+            "RPCs (and HTTP API requests, by route) in progress by method "
+            "(StreamingTranscribe: open streams)",
             ["rpc"],
             namespace=NAMESPACE,
             registry=registry,
