@@ -213,20 +213,20 @@ def _status(error: grpc.RpcError) -> str:
 class Cluster:
     proxy: Proxy
     backends: dict[str, RunningServer]
-    loading_config: Path  # the loading backend's config.json, a named pipe until written
-    real_config: bytes
+    finish_loading: Callable[[], None]  # lets the loading backend read its config.json
 
     def alive(self) -> list[str]:
         return [name for name, s in self.backends.items() if s.process.poll() is None]
 
-    def finish_loading(self) -> None:
-        """Lets the loading backend read its config.json (once; later calls do nothing)."""
-        try:
-            pipe = os.open(self.loading_config, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # read already, or nobody reading
-            return
-        with os.fdopen(pipe, "wb") as writer:
-            writer.write(self.real_config)
+
+def _feed_pipe(pipe: Path, content: bytes) -> None:
+    """Writes `content` to the named pipe if a reader is waiting for it; else does nothing."""
+    try:
+        fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # read already, or no reader yet
+        return
+    with os.fdopen(fd, "wb") as writer:
+        writer.write(content)
 
 
 @pytest.fixture(scope="module")
@@ -238,33 +238,30 @@ def cluster(tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     os.symlink(tdt_checkpoint / "model.safetensors", loading_model / "model.safetensors")
     os.mkfifo(loading_model / "config.json")
     models = {"b1": tdt_checkpoint, "b2": tdt_checkpoint, "b3": loading_model}
+    config = (tdt_checkpoint / "config.json").read_bytes()
+
+    def finish_loading() -> None:
+        _feed_pipe(loading_model / "config.json", config)
+
     # Started together, then waited for: a third of the time on two cores.
     backends = {
         name: start_server(model, logs, *SERVER_FLAGS, wait="none")
         for name, model in models.items()
     }
     proxy: Proxy | None = None
-    cluster: Cluster | None = None
     try:
         backends["b1"].wait_serving()
         backends["b2"].wait_serving()
         backends["b3"].wait_listening()
         proxy = start_proxy({name: s.address for name, s in backends.items()}, logs)
-        cluster = Cluster(
-            proxy,
-            backends,
-            loading_model / "config.json",
-            (tdt_checkpoint / "config.json").read_bytes(),
-        )
         proxy.wait_state("b1", "UP")
         proxy.wait_state("b2", "UP")
         proxy.wait_state("b3", "DOWN")
-        yield cluster
+        yield Cluster(proxy, backends, finish_loading)
     finally:
         if proxy is not None:
             proxy.stop()
-        if cluster is not None:
-            cluster.finish_loading()
+        finish_loading()  # a server still loading would not stop
         for running in backends.values():
             killed = running.process.poll() is not None
             code = running.stop(60)
