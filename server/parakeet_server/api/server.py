@@ -130,7 +130,7 @@ class Server:
         unary = UnaryTranscriptions(
             self.supervisor,
             recordings,
-            UnaryLimits(config.max_message_bytes, config.max_audio_seconds),
+            UnaryLimits(config.max_message_bytes, config.max_audio_seconds, config.chunk_seconds),
         )
         self.streams = streams = LiveStreams(
             self.supervisor,

@@ -27,6 +27,12 @@ class TranscriptionEngine(Protocol):
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcript: ...
 
+    def transcribe_batch(
+        self, requests: list[tuple[np.ndarray, TranscriptionOptions]]
+    ) -> list[Transcript]:
+        """Recordings of at most one chunk each, batched through the encoder; each result is
+        what `transcribe` gives alone."""
+
     def transcribe_steps(
         self, samples: np.ndarray, options: TranscriptionOptions, *, segments: bool = True
     ) -> Iterator[Progress]: ...

@@ -149,6 +149,38 @@ class ParakeetEngine:
                 return step.transcript
         raise AssertionError("transcribe_steps ended without a transcript")
 
+    def transcribe_batch(
+        self, requests: list[tuple[np.ndarray, TranscriptionOptions]]
+    ) -> list[Transcript]:
+        """Several recordings of at most one chunk each, through the encoder together where
+        their options agree; each gets what `transcribe` gives it alone (within float
+        tolerance: padded frames are masked). Without the fast encoder, one at a time."""
+        from parakeet_mlx.alignment import tokens_to_sentences
+
+        from parakeet_server.engine.fast_encoder import fast_encoder_of
+
+        limit = int(self._chunking.chunk_seconds * self.info.sample_rate)
+        for samples, _ in requests:
+            if len(samples) > limit:
+                raise ValueError("transcribe_batch takes recordings of at most one chunk")
+            self._check_length(samples)
+        if len(requests) == 1 or fast_encoder_of(self._model) is None:
+            return [self.transcribe(samples, options) for samples, options in requests]
+        results: list[Transcript | None] = [None] * len(requests)
+        groups: dict[TranscriptionOptions, list[int]] = {}
+        for index, (_, options) in enumerate(requests):
+            groups.setdefault(options, []).append(index)
+        try:
+            for options, members in groups.items():
+                config = self._decoding_config(options)
+                hypotheses = self._generate_padded([requests[i][0] for i in members], config)
+                for index, tokens in zip(members, hypotheses, strict=True):
+                    sentences = tokens_to_sentences(tokens, config.sentence)
+                    results[index] = sentences_to_transcript(sentences, options.word_timestamps)
+        finally:
+            self._release_memory()
+        return [result for result in results if result is not None]
+
     def transcribe_steps(
         self, samples: np.ndarray, options: TranscriptionOptions, *, segments: bool = True
     ) -> Iterator[Progress]:
@@ -160,12 +192,7 @@ class ParakeetEngine:
         """
         from parakeet_mlx.alignment import tokens_to_sentences
 
-        if len(samples) < self.info.min_samples:
-            raise InvalidRequest(
-                f"audio is {len(samples) / self.info.sample_rate * 1000:.0f} ms long; "
-                f"the model needs at least "
-                f"{self.info.min_samples / self.info.sample_rate * 1000:.0f} ms"
-            )
+        self._check_length(samples)
         config = self._decoding_config(options)
         rate = self.info.sample_rate
         chunking = self._chunking
@@ -302,6 +329,39 @@ class ParakeetEngine:
         mx.clear_cache()
         release_free_heap()
         self._blocks_since_release = 0
+
+    def _check_length(self, samples: np.ndarray) -> None:
+        if len(samples) < self.info.min_samples:
+            raise InvalidRequest(
+                f"audio is {len(samples) / self.info.sample_rate * 1000:.0f} ms long; "
+                f"the model needs at least "
+                f"{self.info.min_samples / self.info.sample_rate * 1000:.0f} ms"
+            )
+
+    def _generate_padded(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
+        """Tokens of each piece, pieces of any length in one encoder batch (zero-padded to the
+        longest; the fast encoder masks the padding by the lengths)."""
+        import mlx.core as mx
+
+        from parakeet_server.engine.features import log_mel
+
+        dtype = getattr(mx, self.info.dtype)
+        mels = [
+            log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
+            for piece in pieces
+        ]
+        lengths = mx.array([mel.shape[1] for mel in mels])
+        longest = max(mel.shape[1] for mel in mels)
+        batch = mx.concatenate(
+            [mx.pad(mel, [(0, 0), (0, longest - mel.shape[1]), (0, 0)]) for mel in mels]
+        ).astype(dtype)
+        del mels
+        features, feature_lengths = self._model.encoder(batch, lengths)
+        mx.eval(features, feature_lengths)
+        decoded = self._model.decode(features, feature_lengths, config=config)
+        # Transducers answer (tokens, decoder states), CTC the tokens alone.
+        hypotheses = decoded[0] if isinstance(decoded, tuple) else decoded
+        return [list(tokens) for tokens in hypotheses]
 
     def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         import mlx.core as mx

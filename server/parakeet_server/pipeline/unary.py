@@ -42,6 +42,7 @@ class UnaryRequest:
 class UnaryLimits:
     max_message_bytes: int
     max_audio_seconds: float
+    chunk_seconds: float = 30.0  # recordings up to this long are one chunk: they batch
 
 
 class UnaryJob:
@@ -55,8 +56,10 @@ class UnaryJob:
         recording: Recording,
         request: UnaryRequest,
         decode_seconds: float,
+        chunk_seconds: float,
     ) -> None:
         self._process = process
+        self._chunk_samples = int(chunk_seconds * engine.info.sample_rate)
         self._engine = engine
         self._recordings = recordings
         self.recording = recording
@@ -85,9 +88,26 @@ class UnaryJob:
                 transcript=known,
             )
             return
-        steps = self._engine.transcribe_steps(
-            self.audio.samples, self._request.options, segments=segments
-        )
+        samples = self.audio.samples
+        info = self._engine.info
+        if info.min_samples <= len(samples) <= self._chunk_samples:
+            # One chunk: batched with the other short recordings queued with it.
+            clip = await self._process.scheduler.run_clip(
+                samples, self._request.options, deadline=self._request.deadline, admitted=True
+            )
+            self.queue_seconds += clip.queue_seconds
+            self.inference_seconds += clip.run_seconds
+            await asyncio.to_thread(self._recordings.remember, self.recording, clip.value)
+            yield Progress(
+                processed_seconds=self.audio.duration_seconds,
+                total_seconds=self.audio.duration_seconds,
+                segments=clip.value.segments,
+                chunks_done=1,
+                chunks_total=1,
+                transcript=clip.value,
+            )
+            return
+        steps = self._engine.transcribe_steps(samples, self._request.options, segments=segments)
         try:
             while True:
                 timed = await self._process.scheduler.run(
@@ -162,6 +182,7 @@ class UnaryTranscriptions:
                     recording,
                     request,
                     decode_seconds=time.perf_counter() - started,
+                    chunk_seconds=self._limits.chunk_seconds,
                 )
 
 

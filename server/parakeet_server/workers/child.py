@@ -55,6 +55,14 @@ class Operations:
         result: Transcript = self._engine.transcribe(samples, options)
         return result
 
+    def transcribe_batch(
+        self, options: list[TranscriptionOptions], *samples: np.ndarray
+    ) -> list[Transcript]:
+        result: list[Transcript] = self._engine.transcribe_batch(
+            list(zip(samples, options, strict=True))
+        )
+        return result
+
     def steps_start(
         self, handle: int, samples: np.ndarray, options: TranscriptionOptions, segments: bool
     ) -> Progress | None:
@@ -100,6 +108,7 @@ class Operations:
     def dispatch(self, operation: Operation, args: tuple[Any, ...]) -> Any:
         methods: dict[Operation, Callable[..., Any]] = {
             Operation.TRANSCRIBE: self.transcribe,
+            Operation.TRANSCRIBE_BATCH: self.transcribe_batch,
             Operation.STEPS_START: self.steps_start,
             Operation.STEPS_NEXT: self.steps_next,
             Operation.STREAM_BLOCKS: self.stream_blocks,

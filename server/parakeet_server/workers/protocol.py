@@ -23,6 +23,7 @@ class Operation(enum.Enum):
     """The calls the server makes; handles name streams and stepwise transcriptions."""
 
     TRANSCRIBE = "transcribe"
+    TRANSCRIBE_BATCH = "transcribe_batch"
     STEPS_START = "steps_start"
     STEPS_NEXT = "steps_next"
     STREAM_BLOCKS = "stream_blocks"

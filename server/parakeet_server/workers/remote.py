@@ -114,6 +114,15 @@ class RemoteEngine:
         result: Transcript = self.call(Operation.TRANSCRIBE, samples, options)
         return result
 
+    def transcribe_batch(
+        self, requests: list[tuple[np.ndarray, TranscriptionOptions]]
+    ) -> list[Transcript]:
+        options = [options for _, options in requests]
+        result: list[Transcript] = self.call(
+            Operation.TRANSCRIBE_BATCH, options, *(samples for samples, _ in requests)
+        )
+        return result
+
     def transcribe_steps(
         self, samples: np.ndarray, options: TranscriptionOptions, *, segments: bool = True
     ) -> Iterator[Progress]:

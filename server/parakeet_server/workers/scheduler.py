@@ -7,7 +7,9 @@ MLX state is not meant for concurrent threads either. Two kinds of work queue he
   free go to the engine as one batch (`stream_blocks`), up to `max_batch_size`, so N live
   streams cost one encoder call with N rows instead of N calls; a batch may wait up to
   `max_batch_wait` seconds for the other open streams' blocks to fill it;
-- jobs: anything else (a step of a one-shot transcription, a stream's final pass), in order.
+- jobs: anything else (a step of a long transcription, a stream's final pass), in order;
+  short recordings (one chunk) are jobs that batch too: when one comes up, the other short
+  recordings queued behind it join it in one `transcribe_batch` call.
 
 Stream blocks go first, so that a long recording's chunks never hold a dictation back for
 more than the one job already running; a job that has waited `job_patience` seconds goes
@@ -34,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from parakeet_server.domain import BlockResult
+from parakeet_server.domain import BlockResult, Transcript, TranscriptionOptions
 from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 
@@ -74,6 +76,17 @@ class _Job:
 
 
 @dataclass
+class _Clip:
+    """A short recording to transcribe whole, batchable with the others queued."""
+
+    samples: np.ndarray
+    options: TranscriptionOptions
+    future: Future[Any]
+    queued_at: float
+    deadline: float | None
+
+
+@dataclass
 class _Block:
     session: Callable[[Any], object]  # engine -> the stream's session (opened on first use)
     samples: np.ndarray
@@ -100,7 +113,7 @@ class ModelScheduler(Generic[E]):
         self._pending = 0
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
-        self._jobs: deque[_Job] = deque()
+        self._jobs: deque[_Job | _Clip] = deque()
         self._blocks: deque[_Block] = deque()
         self._streams = 0  # open streams: how many blocks a batch may wait for
         self._engine: E | None = None
@@ -169,6 +182,28 @@ class ModelScheduler(Generic[E]):
             future.add_done_callback(self._release)
         # Cancelling the awaiting task cancels a job that has not started yet.
         timed: Timed[T] = await asyncio.wrap_future(future)
+        return timed
+
+    async def run_clip(
+        self,
+        samples: np.ndarray,
+        options: TranscriptionOptions,
+        *,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> Timed[Transcript]:
+        """Transcribes a recording of at most one chunk, in one batch with the other short
+        recordings queued when its turn comes (see `run` for `deadline` and `admitted`)."""
+        self._usable_engine()
+        if not admitted:
+            self._take_place()
+        future: Future[Any] = Future()
+        if not admitted:
+            future.add_done_callback(self._release)
+        with self._ready:
+            self._jobs.append(_Clip(samples, options, future, time.monotonic(), deadline))
+            self._ready.notify()
+        timed: Timed[Transcript] = await asyncio.wrap_future(future)
         return timed
 
     async def run_block(
@@ -254,17 +289,29 @@ class ModelScheduler(Generic[E]):
                 if not (self._jobs or self._blocks):
                     return  # stopping, and nothing left
                 work = self._next_work()
-            if isinstance(work, list):
-                self._run_blocks(work)
-            else:
+            if isinstance(work, _Job):
                 self._run_job(work)
+            elif work and isinstance(work[0], _Clip):
+                self._run_clips([clip for clip in work if isinstance(clip, _Clip)])
+            else:
+                self._run_blocks([block for block in work if isinstance(block, _Block)])
 
-    def _next_work(self) -> _Job | list[_Block]:
+    def _next_work(self) -> _Job | list[_Clip] | list[_Block]:
         """Stream blocks first, unless a job has waited past its patience (lock held)."""
         patience = self._batching.job_patience
         job_waited = bool(self._jobs) and time.monotonic() - self._jobs[0].queued_at > patience
         if self._jobs and (not self._blocks or job_waited or self._engine is None):
-            return self._jobs.popleft()
+            job = self._jobs.popleft()
+            if isinstance(job, _Job):
+                return job
+            clips = [job]  # and the other short recordings queued behind it
+            for other in list(self._jobs):
+                if len(clips) >= self._batching.max_batch_size:
+                    break
+                if isinstance(other, _Clip):
+                    self._jobs.remove(other)
+                    clips.append(other)
+            return clips
         if self._batching.max_batch_wait > 0:
             # Wait a little for the other open streams' blocks, so that they share the call.
             until = self._blocks[0].queued_at + self._batching.max_batch_wait
@@ -290,6 +337,56 @@ class ModelScheduler(Generic[E]):
             job.future.set_exception(error)
             return
         job.future.set_result(Timed(value, started - job.queued_at, time.monotonic() - started))
+
+    def _run_clips(self, clips: list[_Clip]) -> None:
+        now = time.monotonic()
+        ready = []
+        for clip in clips:
+            if not clip.future.set_running_or_notify_cancel():
+                continue  # its caller gave up while it was queued
+            if clip.deadline is not None and now > clip.deadline:
+                clip.future.set_exception(
+                    DeadlineExceeded(
+                        f"the deadline passed after {now - clip.queued_at:.2f} s in the queue"
+                    )
+                )
+                continue
+            ready.append(clip)
+        if not ready:
+            return
+        engine = self._engine
+        try:
+            if engine is None:
+                raise ModelUnavailable(self._closed_because)
+            transcripts = engine.transcribe_batch([(c.samples, c.options) for c in ready])
+        except ModelUnavailable as error:
+            for clip in ready:
+                clip.future.set_exception(error)
+            return
+        except BaseException as error:
+            if len(ready) == 1:
+                ready[0].future.set_exception(error)
+                return
+            # Whatever it was, it fails only the recording it came from: one at a time.
+            for clip in ready:
+                self._run_clips_alone(engine, clip, now)
+            return
+        seconds = time.monotonic() - now
+        for clip, transcript in zip(ready, transcripts, strict=True):
+            clip.future.set_result(
+                Timed(transcript, now - clip.queued_at, seconds, batch_size=len(ready))
+            )
+
+    def _run_clips_alone(self, engine: Any, clip: _Clip, queued_until: float) -> None:
+        started = time.monotonic()
+        try:
+            [transcript] = engine.transcribe_batch([(clip.samples, clip.options)])
+        except BaseException as error:
+            clip.future.set_exception(error)
+            return
+        clip.future.set_result(
+            Timed(transcript, queued_until - clip.queued_at, time.monotonic() - started)
+        )
 
     def _run_blocks(self, batch: list[_Block]) -> None:
         batch = [block for block in batch if block.future.set_running_or_notify_cancel()]

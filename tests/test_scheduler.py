@@ -1,0 +1,221 @@
+"""The model scheduler's order and batching, with an engine that records its calls.
+
+The model thread is held busy by a job that waits on an event, so that work queues up behind
+it exactly as it does while a real model computes; then the test releases it and reads the
+calls the engine got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parakeet_server.domain import BlockResult, ModelInfo, Transcript, TranscriptionOptions
+from parakeet_server.errors import DeadlineExceeded, InvalidRequest
+from parakeet_server.workers.scheduler import BatchPolicy, ModelScheduler
+
+INFO = ModelInfo(
+    model_id="fake",
+    kind="ctc",
+    sample_rate=16000,
+    vocabulary_size=1,
+    dtype="float32",
+    device="cpu",
+    blas="",
+    parameter_count=0,
+    min_samples=1,
+    frame_seconds=0.08,
+    hop_length=160,
+    win_length=400,
+    n_fft=512,
+    subsampling=8,
+    load_seconds=0.0,
+)
+
+
+class RecordingEngine:
+    """Answers at once and notes what it was asked, in order."""
+
+    info = INFO
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail_batches = False
+
+    def warm_up(self) -> float:
+        return 0.0
+
+    def close(self) -> None:
+        self.calls.append(("close", 0))
+
+    def stream_blocks(self, blocks: list[tuple[object, np.ndarray]]) -> list[BlockResult]:
+        self.calls.append(("blocks", len(blocks)))
+        return [BlockResult(0, 0.0, str(session), "") for session, _ in blocks]
+
+    def transcribe_batch(
+        self, requests: list[tuple[np.ndarray, TranscriptionOptions]]
+    ) -> list[Transcript]:
+        self.calls.append(("clips", len(requests)))
+        if self.fail_batches and len(requests) > 1:
+            raise RuntimeError("a batch-wide failure")
+        if any(samples.size == 0 for samples, _ in requests):
+            raise InvalidRequest("empty")
+        return [Transcript(text=str(samples.size)) for samples, _ in requests]
+
+
+async def _started(policy: BatchPolicy | None = None) -> tuple[ModelScheduler[Any], Any]:
+    engine = RecordingEngine()
+    scheduler: ModelScheduler[Any] = ModelScheduler(lambda: engine, batching=policy)
+    await scheduler.start()
+    return scheduler, engine
+
+
+async def _hold(scheduler: ModelScheduler[Any]) -> tuple[threading.Event, Awaitable[Any]]:
+    """Occupies the model thread until the event is set."""
+    release = threading.Event()
+    running = threading.Event()
+
+    def busy(_: object) -> None:
+        running.set()
+        release.wait(30)
+
+    held = asyncio.ensure_future(scheduler.run(busy))
+    await asyncio.to_thread(running.wait, 30)
+    return release, held
+
+
+def _job(engine: RecordingEngine) -> str:
+    engine.calls.append(("job", 0))
+    return "job"
+
+
+def _session(name: str) -> Any:
+    return lambda _engine: name
+
+
+async def _queued(awaitables: list[Awaitable[Any]]) -> list[asyncio.Future[Any]]:
+    tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(a) for a in awaitables]
+    await asyncio.sleep(0.05)  # every one of them is in the queue now
+    return tasks
+
+
+def test_blocks_waiting_together_go_as_one_batch_before_queued_jobs() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        scheduler, engine = await _started()
+        release, held = await _hold(scheduler)
+        job = await _queued([scheduler.run(_job)])
+        blocks = await _queued(
+            [scheduler.run_block(_session(n), np.zeros(1, np.float32)) for n in "abc"]
+        )
+        release.set()
+        await held
+        results = [(await block).value.committed_text for block in blocks]
+        assert results == ["a", "b", "c"]  # each stream got its own result
+        assert (await job[0]).value == "job"
+        await scheduler.close()
+        calls: list[tuple[str, int]] = engine.calls
+        return calls
+
+    # The job was queued first, but the streams' blocks went first, all in one call.
+    assert asyncio.run(scenario()) == [("blocks", 3), ("job", 0), ("close", 0)]
+
+
+def test_a_batch_holds_at_most_max_batch_size_blocks_in_arrival_order() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        scheduler, engine = await _started(BatchPolicy(max_batch_size=2))
+        release, held = await _hold(scheduler)
+        blocks = await _queued(
+            [scheduler.run_block(_session(n), np.zeros(1, np.float32)) for n in "abcde"]
+        )
+        release.set()
+        await held
+        assert [(await b).value.committed_text for b in blocks] == list("abcde")
+        assert [(await b).batch_size for b in blocks] == [2, 2, 2, 2, 1]
+        await scheduler.close()
+        calls: list[tuple[str, int]] = engine.calls
+        return calls
+
+    assert asyncio.run(scenario()) == [("blocks", 2), ("blocks", 2), ("blocks", 1), ("close", 0)]
+
+
+def test_short_recordings_queued_together_share_one_call_and_jobs_keep_their_turn() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        scheduler, engine = await _started()
+        release, held = await _hold(scheduler)
+        options = TranscriptionOptions()
+        first = await _queued([scheduler.run_clip(np.zeros(5, np.float32), options)])
+        job = await _queued([scheduler.run(_job)])
+        rest = await _queued([scheduler.run_clip(np.zeros(n, np.float32), options) for n in (6, 7)])
+        release.set()
+        await held
+        texts = [(await clip).value.text for clip in first + rest]
+        assert texts == ["5", "6", "7"]
+        assert (await job[0]).value == "job"
+        await scheduler.close()
+        calls: list[tuple[str, int]] = engine.calls
+        return calls
+
+    # The first recording's turn takes the other two along; the job queued between them
+    # runs after that batch.
+    assert asyncio.run(scenario()) == [("clips", 3), ("job", 0), ("close", 0)]
+
+
+def test_a_failing_batch_fails_only_the_recording_at_fault() -> None:
+    async def scenario() -> None:
+        scheduler, engine = await _started()
+        engine.fail_batches = True
+        release, held = await _hold(scheduler)
+        options = TranscriptionOptions()
+        clips = await _queued(
+            [scheduler.run_clip(np.zeros(n, np.float32), options) for n in (3, 0, 4)]
+        )
+        release.set()
+        await held
+        outcomes = await asyncio.gather(*clips, return_exceptions=True)
+        assert [o.value.text for o in outcomes if not isinstance(o, BaseException)] == ["3", "4"]
+        assert isinstance(outcomes[1], InvalidRequest)
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_past_its_deadline_in_the_queue_is_dropped_without_running() -> None:
+    async def scenario() -> None:
+        scheduler, _ = await _started()
+        release, held = await _hold(scheduler)
+        ran: list[str] = []
+        late = await _queued(
+            [scheduler.run(lambda _: ran.append("late"), deadline=0.0)]  # long past
+        )
+        release.set()
+        await held
+        with pytest.raises(DeadlineExceeded):
+            await late[0]
+        assert ran == []
+        await scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_streams_cannot_starve_a_job_that_waited_past_its_patience() -> None:
+    async def scenario() -> list[str]:
+        scheduler, _ = await _started(BatchPolicy(job_patience=0.0))
+        order: list[str] = []
+        release, held = await _hold(scheduler)
+        job = await _queued([scheduler.run(lambda _: order.append("job"))])
+        blocks = await _queued([scheduler.run_block(_session("a"), np.zeros(1, np.float32))])
+        release.set()
+        await held
+        await job[0]
+        await blocks[0]
+        order.append("block done")
+        await scheduler.close()
+        return order
+
+    # With no patience the job, queued first, goes before the block.
+    assert asyncio.run(scenario()) == ["job", "block done"]
