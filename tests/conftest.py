@@ -66,7 +66,11 @@ def server(
     """The shared server on the tiny TDT checkpoint, with a small message limit.
 
     Its transcript cache is off, so that every request really runs the model (tests/test_caching.py
-    starts servers with it on).
+    starts servers with it on). It runs one request per model call (--max-batch-size 1): tests
+    here compare concurrent results with results alone bit for bit, and a batch sums its
+    matmuls in another order, which on this random model's near-ties can flip a token. Batched
+    results are compared with results alone on the trained checkpoint (test_stream_batching.py,
+    test_trained_model.py).
     """
     running = start_server(
         tdt_checkpoint,
@@ -75,6 +79,8 @@ def server(
         "3000000",
         "--transcript-cache-bytes",
         "0",
+        "--max-batch-size",
+        "1",
     )
     yield running
     assert running.stop() == 0, running.log()

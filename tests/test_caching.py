@@ -46,7 +46,9 @@ def cached_server(
     tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A server with the default caches (in memory)."""
-    running = start_server(tdt_checkpoint, tmp_path_factory.mktemp("logs"))
+    # One request per model call, so that concurrent identical requests compute the same bits
+    # (see conftest's `server`).
+    running = start_server(tdt_checkpoint, tmp_path_factory.mktemp("logs"), "--max-batch-size", "1")
     yield running
     assert running.stop() == 0, running.log()
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from conftest import TRAINED_MODEL, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import Chunk, plan_chunks
 from parakeet_server.testing.launcher import RunningServer, start_server
+from scrape import delta, scrape
 
 RATE = 16000
 
@@ -105,7 +107,12 @@ def clips() -> list[tuple[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
-        TRAINED_MODEL, tmp_path_factory.mktemp("logs"), "--transcript-cache-bytes", "0"
+        TRAINED_MODEL,
+        tmp_path_factory.mktemp("logs"),
+        *("--transcript-cache-bytes", "0", "--metrics-address", "127.0.0.1:0"),
+        # A streaming step waits for the other open streams' blocks: concurrent streams
+        # share steps for sure (alone, a stream never waits).
+        *("--max-batch-size", "8", "--max-batch-wait-ms", "300"),
     )
     yield running
     assert running.stop() == 0, running.log()
@@ -268,3 +275,37 @@ def test_the_readme_demo_transcribes_a_spoken_sentence(
         timeout=60,
     )
     assert jiwer.wer(sentence, words(result.stdout)) <= DEMO_WER, result.stdout
+
+
+def test_concurrent_streams_and_requests_batched_together_hear_what_they_hear_alone(
+    trained_server: RunningServer, clips: list[tuple[str, np.ndarray]]
+) -> None:
+    """Issue 13: the server batches the blocks of live streams (and short recordings queued
+    together) through the encoder; each still gets the words it gets alone."""
+    stub = trained_server.stub()
+    chosen = [samples for _, samples in clips[:6]]
+    sizes = (3200, 4800, 6400, 8000, 9600, 11200)  # each stream its own message size
+
+    def streamed(index: int) -> str:
+        responses = stream(stub, pcm16(chosen[index]), chunk_bytes=sizes[index])
+        assert responses[-1].is_final
+        return words(responses[-1].transcript.text)
+
+    def unary(index: int) -> str:
+        return words(transcribe(stub, wav_bytes(chosen[index])).transcript.text)
+
+    alone = [(streamed(i), unary(i)) for i in range(len(chosen))]
+    before = scrape(trained_server)
+    with ThreadPoolExecutor(2 * len(chosen)) as pool:
+        streams = [pool.submit(streamed, i) for i in range(len(chosen))]
+        requests = [pool.submit(unary, i) for i in range(len(chosen))]
+        together = [(s.result(), r.result()) for s, r in zip(streams, requests, strict=True)]
+    assert together == alone
+    after = scrape(trained_server)
+
+    def batches(work: str, at_most: str) -> float:
+        return delta(before, after, "parakeet_batch_size_bucket", le=at_most, work=work)
+
+    stream_steps = delta(before, after, "parakeet_batch_size_count", work="stream")
+    # Some streaming steps carried several streams at once.
+    assert stream_steps > batches("stream", "1.0"), (stream_steps, batches("stream", "1.0"))

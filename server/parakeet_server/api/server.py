@@ -264,10 +264,11 @@ class Server:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
 
-    def _batch_done(self, size: int, seconds: float) -> None:
-        """A streaming step ran (on the model thread): for metrics and GetServerInfo."""
-        self.last_batch = (size, seconds)
-        self.metrics.observe_batch(size, seconds)
+    def _batch_done(self, work: str, size: int, seconds: float) -> None:
+        """A batched model call ran (on the model thread): for metrics and GetServerInfo."""
+        if work == "stream":
+            self.last_batch = (size, seconds)
+        self.metrics.observe_batch(work, size, seconds)
 
     async def _serving(self, serving: bool) -> None:
         """The model worker died (False) or a new one is ready after it (True)."""

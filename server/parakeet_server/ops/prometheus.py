@@ -151,15 +151,18 @@ class ServerMetrics:
             registry=registry,
         )
         self.batch_size = Histogram(
-            "stream_batch_size",
-            "live streams whose blocks ran through the encoder together, per streaming step",
+            "batch_size",
+            "items per model call: live streams' blocks in one streaming step (work=stream), "
+            "short recordings transcribed together (work=oneshot)",
+            ["work"],
             namespace=NAMESPACE,
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
         self.step_seconds = Histogram(
-            "stream_step_seconds",
-            "model time of one streaming step (one block of every stream in its batch)",
+            "batch_seconds",
+            "model time of one batched call (a streaming step: one block of every stream in it)",
+            ["work"],
             namespace=NAMESPACE,
             buckets=_SECONDS_BUCKETS,
             registry=registry,
@@ -221,9 +224,9 @@ class ServerMetrics:
         if time_to_final_seconds is not None:
             self.time_to_final.observe(time_to_final_seconds)
 
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.step_seconds.observe(seconds)
+    def observe_batch(self, work: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(work).observe(size)
+        self.step_seconds.labels(work).observe(seconds)
 
     def model_loaded(self, load_seconds: float, warmup_seconds: float) -> None:
         self.model_load_seconds.set(load_seconds)

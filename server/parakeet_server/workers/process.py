@@ -28,7 +28,7 @@ class ModelProcess:
         generation: int,
         max_pending: int,
         batching: BatchPolicy | None = None,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.generation = generation
         self.users = 0

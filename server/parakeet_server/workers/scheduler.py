@@ -103,9 +103,10 @@ class ModelScheduler(Generic[E]):
         *,
         max_pending: int = 64,
         batching: BatchPolicy | None = None,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
-        """`on_batch(size, seconds)` hears of every batch of stream blocks (metrics)."""
+        """`on_batch(work, size, seconds)` hears of every batch: work "stream" (blocks of live
+        streams) or "oneshot" (short recordings), for metrics."""
         self._load = load
         self._max_pending = max_pending
         self._batching = batching or BatchPolicy()
@@ -372,6 +373,8 @@ class ModelScheduler(Generic[E]):
                 self._run_clips_alone(engine, clip, now)
             return
         seconds = time.monotonic() - now
+        if self._on_batch is not None:
+            self._on_batch("oneshot", len(ready), seconds)
         for clip, transcript in zip(ready, transcripts, strict=True):
             clip.future.set_result(
                 Timed(transcript, now - clip.queued_at, seconds, batch_size=len(ready))
@@ -404,7 +407,7 @@ class ModelScheduler(Generic[E]):
             return
         seconds = time.monotonic() - started
         if self._on_batch is not None:
-            self._on_batch(len(batch), seconds)
+            self._on_batch("stream", len(batch), seconds)
         for block, result in zip(batch, results, strict=True):
             block.future.set_result(
                 Timed(result, started - block.queued_at, seconds, batch_size=len(batch))

@@ -50,7 +50,7 @@ class Supervisor:
         recycle: RecyclePolicy = RecyclePolicy(),
         on_serving: Callable[[bool], Awaitable[None]] | None = None,
         batching: BatchPolicy | None = None,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self._spec = spec
         self._max_pending = max_pending
