@@ -300,3 +300,36 @@ def test_trained_model_transcripts_are_unchanged(
         transcript, _ = engine.stream_finish(session, np.zeros(0, np.float32), options)
         streamed.append(transcript)
     _same_transcript(streamed[1], streamed[0])
+
+
+def test_the_fast_encoder_runs_on_another_thread_than_the_one_that_installed_it(
+    checkpoints: dict[str, Path],
+) -> None:
+    """The server loads on one thread and runs on another: weights derived at install must
+    be evaluated there (a lazy array is bound to its thread's stream), and lanes are made
+    per thread."""
+    import threading
+
+    from parakeet_server.engine.model import release_thread_resources
+
+    model = _load(checkpoints["tdt"])
+    mel = _mel(model, 1, 301, seed=12)
+    reference, _ = model.encoder(mel)
+    mx.eval(reference)
+    assert fast_encoder.install(model) is not None
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            out, _ = model.encoder(mel)
+            results.append(float(mx.max(mx.abs(out - reference))))
+        except Exception as error:  # reported below
+            results.append(error)
+        finally:
+            release_thread_resources()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert isinstance(results[0], float), results[0]
+    assert results[0] < ATOL
