@@ -27,7 +27,20 @@ ATOL = 1e-4
 
 
 def _load(path: Path) -> Any:
+    """A checkpoint as the server loads it, with every weight the fast path folds or splits
+    made non-trivial: a freshly initialised model has BatchNorm statistics 0 and 1 and
+    position biases 0, which would hide a wrong fold or a swapped bias."""
     model = from_pretrained(str(path), dtype=mx.float32)
+    keys = iter(mx.random.split(mx.random.key(11), 6 * len(model.encoder.layers)))
+    for layer in model.encoder.layers:
+        bn, attn = layer.conv.batch_norm, layer.self_attn
+        d = bn.running_mean.shape[0]
+        bn.running_mean = 0.3 * mx.random.normal((d,), key=next(keys))
+        bn.running_var = mx.random.uniform(0.5, 2.0, (d,), key=next(keys))
+        bn.weight = 1.0 + 0.2 * mx.random.normal((d,), key=next(keys))
+        bn.bias = 0.2 * mx.random.normal((d,), key=next(keys))
+        attn.pos_bias_u = 0.3 * mx.random.normal(attn.pos_bias_u.shape, key=next(keys))
+        attn.pos_bias_v = 0.3 * mx.random.normal(attn.pos_bias_v.shape, key=next(keys))
     mx.eval(model.parameters())
     return model
 
@@ -286,3 +299,36 @@ def test_trained_model_transcripts_are_unchanged(
         transcript, _ = engine.stream_finish(session, np.zeros(0, np.float32), options)
         streamed.append(transcript)
     _same_transcript(streamed[1], streamed[0])
+
+
+def test_the_fast_encoder_runs_on_another_thread_than_the_one_that_installed_it(
+    checkpoints: dict[str, Path],
+) -> None:
+    """The server loads on one thread and runs on another: weights derived at install must
+    be evaluated there (a lazy array is bound to its thread's stream), and lanes are made
+    per thread."""
+    import threading
+
+    from parakeet_server.engine.model import release_thread_resources
+
+    model = _load(checkpoints["tdt"])
+    mel = _mel(model, 1, 301, seed=12)
+    reference, _ = model.encoder(mel)
+    mx.eval(reference)
+    assert fast_encoder.install(model) is not None
+    results: list[Any] = []
+
+    def run() -> None:
+        try:
+            out, _ = model.encoder(mel)
+            results.append(float(mx.max(mx.abs(out - reference))))
+        except Exception as error:  # reported below
+            results.append(error)
+        finally:
+            release_thread_resources()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert isinstance(results[0], float), results[0]
+    assert results[0] < ATOL

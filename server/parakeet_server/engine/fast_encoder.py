@@ -564,6 +564,8 @@ class FastEncoder:
             id(layer): w for layer, w in zip(encoder.layers, self.layers, strict=True)
         }
         self.subsampling = Subsampling(encoder.pre_encode)
+        # Derived arrays left lazy would be bound to this thread's stream: evaluate them now.
+        mx.eval(_arrays(self.layers), _arrays(self.subsampling.__dict__))
 
     def lanes(self) -> Lanes | None:
         """This thread's lanes, or None off the CPU or with one lane."""
@@ -656,6 +658,19 @@ class FastEncoder:
             step = layer_step(w, x, rows, key_mask=key_mask, frame_mask=frame_mask, lanes=lanes)
             x = step.x
         return x, out_lengths
+
+
+def _arrays(tree: Any) -> list[mx.array]:
+    """Every array in dataclasses, dicts, lists and tuples of them."""
+    if isinstance(tree, mx.array):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    elif hasattr(tree, "__dataclass_fields__"):
+        tree = [getattr(tree, name) for name in tree.__dataclass_fields__]
+    if isinstance(tree, (list, tuple)):
+        return [array for item in tree for array in _arrays(item)]
+    return []
 
 
 def _keep_last(old: mx.array | None, new: mx.array, keep: int) -> mx.array:

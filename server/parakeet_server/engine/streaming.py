@@ -280,7 +280,7 @@ class StreamingSession:
         features = self._normaliser(window).astype(self._dtype)[None]
         lengths = mx.array([features.shape[1]])
         if self._fast is not None:
-            x, _, _ = self._fast.subsampling(features, None)
+            x, _, _ = self._fast.subsampling(features, None, self._fast.lanes())
         else:
             x, _ = self._encoder.pre_encode(features, lengths)
         first = start - mel_start // factor
