@@ -23,6 +23,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 from common import checkpoint
@@ -62,7 +63,7 @@ def run_cases(model: Any, fast: Any, repeats: int, threads: int) -> None:
     )
     for seconds, batch in CASES:
         mel = mx.random.normal((batch, _frames(seconds), features), key=mx.random.key(0))
-        best = {}
+        best: dict[str, float] = {}
         for _, fn, count in paths:  # warm-up
             set_blas_threads(count)
             mx.eval(fn(mel))
@@ -108,23 +109,29 @@ def profile(model: Any, fast: Any, seconds: float, batch: int, repeats: int, thr
         for layer in encoder.layers:
 
             def ff1(x: mx.array = x, layer: Any = layer) -> mx.array:
-                return x + 0.5 * layer.feed_forward1(layer.norm_feed_forward1(x))
+                out: mx.array = x + 0.5 * layer.feed_forward1(layer.norm_feed_forward1(x))
+                return out
 
             x = timed("feed-forward 1", ff1)
 
             def attention(x: mx.array = x, layer: Any = layer) -> mx.array:
                 h = layer.norm_self_att(x)
-                return x + layer.self_attn(h, h, h, pos_emb=pos_emb)
+                out: mx.array = x + layer.self_attn(h, h, h, pos_emb=pos_emb)
+                return out
 
             x = timed("attention", attention)
 
             def conv(x: mx.array = x, layer: Any = layer) -> mx.array:
-                return x + layer.conv(layer.norm_conv(x))
+                out: mx.array = x + layer.conv(layer.norm_conv(x))
+                return out
 
             x = timed("conv module", conv)
 
             def ff2(x: mx.array = x, layer: Any = layer) -> mx.array:
-                return layer.norm_out(x + 0.5 * layer.feed_forward2(layer.norm_feed_forward2(x)))
+                out: mx.array = layer.norm_out(
+                    x + 0.5 * layer.feed_forward2(layer.norm_feed_forward2(x))
+                )
+                return out
 
             x = timed("feed-forward 2", ff2)
 
@@ -143,10 +150,18 @@ def profile(model: Any, fast: Any, seconds: float, batch: int, repeats: int, thr
                 return fe.self_attention(w, x, rows, lanes=lanes)[0]
 
             x = timed("attention", attention)
-            x = timed("conv module", lambda x=x, w=w: fe.convolution(w, x, lanes=lanes)[0])
+
+            def conv_module(x: mx.array = x, w: Any = w) -> mx.array:
+                out: mx.array = fe.convolution(w, x, lanes=lanes)[0]
+                return out
+
+            x = timed("conv module", conv_module)
 
             def ff2(x: mx.array = x, w: Any = w) -> mx.array:
-                return w.norm_out(fe.feed_forward(w.norm_ff2, w.ff2_in, w.ff2_out, x, lanes))
+                out: mx.array = w.norm_out(
+                    fe.feed_forward(w.norm_ff2, w.ff2_in, w.ff2_out, x, lanes)
+                )
+                return out
 
             x = timed("feed-forward 2", ff2)
 
@@ -208,7 +223,7 @@ def main() -> None:
         print("(OpenBLAS not loaded: thread settings have no effect)")
     print(
         f"encoder bench: {path}, {len(model.encoder.layers)} layers, "
-        f"d_model {model.encoder_config.d_model}, mlx {mx.__version__}, BLAS {blas.name}, "
+        f"d_model {model.encoder_config.d_model}, mlx {metadata.version('mlx')}, BLAS {blas.name}, "
         f"{platform.machine()}, fast lanes {fast.lane_count}, min of {args.repeats}"
     )
     run_cases(model, fast, args.repeats, args.blas_threads)

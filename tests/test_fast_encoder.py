@@ -233,8 +233,8 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
             w,
             xs[i],
             fast.relative_positions(w, p, s),
-            past_keys=None if keys[i] is None else keys[i][None],
-            past_values=None if values[i] is None else values[i][None],
+            past_keys=_with_batch_axis(keys[i]),
+            past_values=_with_batch_axis(values[i]),
             conv_left=convs[i],
             lanes=fast.lanes(),
         )
@@ -309,7 +309,7 @@ def test_the_fast_encoder_runs_on_another_thread_than_the_one_that_installed_it(
     per thread."""
     import threading
 
-    from parakeet_server.engine.model import release_thread_resources
+    from parakeet_server.engine.runtime import release_thread_resources
 
     model = _load(checkpoints["tdt"])
     mel = _mel(model, 1, 301, seed=12)
@@ -332,3 +332,7 @@ def test_the_fast_encoder_runs_on_another_thread_than_the_one_that_installed_it(
     thread.join()
     assert isinstance(results[0], float), results[0]
     assert results[0] < ATOL
+
+
+def _with_batch_axis(cache: mx.array | None) -> mx.array | None:
+    return None if cache is None else cache[None]
