@@ -45,7 +45,7 @@ class ServerConfig:
     worker_max_requests: int = 0
     worker_max_memory_mb: int = 0
     max_batch_size: int = 8
-    max_batch_wait_ms: float = 0.0
+    max_batch_wait_ms: float = 50.0
     audio_cache_bytes: int = 512 * MIB
     transcript_cache_bytes: int = 64 * MIB
     cache_dir: str = ""
@@ -255,8 +255,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--max-batch-wait-ms",
         "max_batch_wait_ms",
         float,
-        "how long a streaming step may wait for the other open streams' blocks to fill its "
-        "batch (0: run with what is ready; batches still form whenever the model is busy)",
+        "how long a streaming step may wait, once the model is free, for the other open "
+        "streams' blocks to fill its batch (0: run what is ready)",
     ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),

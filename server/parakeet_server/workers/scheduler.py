@@ -63,7 +63,7 @@ class BatchPolicy:
     """How stream blocks are batched (see the module's docstring)."""
 
     max_batch_size: int = 8
-    max_batch_wait: float = 0.0  # seconds
+    max_batch_wait: float = 0.05  # seconds
     job_patience: float = 2.0  # seconds
 
 
@@ -315,7 +315,9 @@ class ModelScheduler(Generic[E]):
             return clips
         if self._batching.max_batch_wait > 0:
             # Wait a little for the other open streams' blocks, so that they share the call.
-            until = self._blocks[0].queued_at + self._batching.max_batch_wait
+            # From now, not from when the first block came: while the model was busy, the
+            # streams it just answered are about to send their next blocks.
+            until = time.monotonic() + self._batching.max_batch_wait
             wanted = min(self._batching.max_batch_size, self._streams)
             while len(self._blocks) < wanted and (left := until - time.monotonic()) > 0:
                 self._ready.wait(left)
