@@ -2,6 +2,7 @@
 
     python bench/capacity.py [--size tiny|full] [--streams 1 2 3 4] [--seconds 20]
                              [--config NAME=FLAGS ...]
+    python bench/capacity.py --steps [--size tiny|full] [--streams 1 2 3 4]
 
 For each N, N streams of `--seconds` of speech-like audio are paced in real time (100 ms
 messages, FINALIZATION_MODE_STREAMING), started `--stagger` seconds apart. Per N the table gives
@@ -9,6 +10,9 @@ the worst lag of a partial behind the audio (the time a partial arrived minus th
 it covers had been spoken) and the time from half-close to the final response (median and
 worst over the streams). Then 8 clients send a 5 s clip each at once, against the same 8 sent
 one after another: the throughput ratio.
+
+`--steps` measures the streaming step itself, in process: N sessions fed 16 s of audio each,
+stepped one by one and as one batch (`step_streams`), median seconds of the steady-state steps.
 
 Each `--config NAME=FLAGS` runs the whole table against its own server, side by side in one
 run; the default compares one stream per step with the stock encoder ("before") against
@@ -169,6 +173,44 @@ def run_config(
     return rows
 
 
+def step_times(size: str, counts: list[int]) -> None:
+    from parakeet_server.engine.runtime import use_fast_blas
+
+    use_fast_blas()
+    import mlx.core as mx
+
+    from parakeet_server.domain import BlockSchedule
+    from parakeet_server.engine import streaming
+    from parakeet_server.engine.model import ParakeetEngine
+
+    engine = ParakeetEngine.load(str(checkpoint(size)))
+    schedule = BlockSchedule(block_frames=16, lookahead_frames=8, left_context_frames=125)
+
+    def median_step(count: int, batched: bool) -> float:
+        sessions = [engine.open_stream(schedule) for _ in range(count)]
+        for index, session in enumerate(sessions):
+            session.accept(np.frombuffer(speechlike(16.0, np.random.default_rng(index)), "<f4"))
+        times = []
+        while all(session.pending_blocks() for session in sessions):
+            started = time.perf_counter()
+            if batched:
+                streaming.step_streams(sessions)
+            else:
+                for session in sessions:
+                    session.step()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times[2:])  # once the left context has filled
+
+    print(f"model: {size}; streaming step (1.28 s block, 0.64 s look-ahead, 10 s left context)")
+    print("| streams | one by one | batched |")
+    print("|---|---|---|")
+    for count in counts:
+        alone = median_step(count, batched=False)
+        together = f"{median_step(count, batched=True):.2f} s" if count > 1 else "-"
+        print(f"| {count} | {alone:.2f} s | {together} |", flush=True)
+    mx.clear_streams()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
@@ -182,7 +224,11 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help=f"a server configuration to measure (default: {' and '.join(DEFAULT_CONFIGS)})",
     )
+    parser.add_argument("--steps", action="store_true", help="time streaming steps in process")
     args = parser.parse_args()
+    if args.steps:
+        step_times(args.size, args.streams)
+        return
     configs = args.config or DEFAULT_CONFIGS
     model = checkpoint(args.size)
     print(

@@ -50,7 +50,7 @@ def _long_wav(seconds: float) -> bytes:
 def test_a_burst_beyond_the_queue_is_refused_without_decoding_its_audio(
     queue_server: RunningServer,
 ) -> None:
-    audio = _long_wav(600)  # 19 MB: seconds of model time each on the tiny model
+    audio = _long_wav(300)  # 9.6 MB: seconds of model time each on the tiny model
     before = scrape(queue_server)
     stub = queue_server.stub()
     codes: list[grpc.StatusCode] = []
