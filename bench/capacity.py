@@ -27,14 +27,13 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
-from common import checkpoint, speechlike, start_server, wav
+from common import checkpoint, paced_requests, speechlike, start_server, wav
 
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
@@ -59,31 +58,11 @@ def pcm16(seconds: float, seed: int) -> bytes:
 
 
 def paced_stream(stub: pb_grpc.TranscriptionServiceStub, pcm: bytes) -> StreamFigures:
-    per_message = int(16000 * MESSAGE_SECONDS) * 2
     started: list[float] = []
     closed: list[float] = []
-
-    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
-        yield pb.StreamingTranscribeRequest(
-            config=pb.StreamingConfig(
-                format=pb.AudioFormat(
-                    encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000
-                ),
-                interim_results=True,
-                finalization_mode=pb.FINALIZATION_MODE_STREAMING,
-            )
-        )
-        started.append(time.monotonic())
-        for index, offset in enumerate(range(0, len(pcm), per_message)):
-            # Message k holds audio recorded until (k + 1) * 100 ms: send it no earlier.
-            delay = started[0] + (index + 1) * MESSAGE_SECONDS - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            yield pb.StreamingTranscribeRequest(audio=pcm[offset : offset + per_message])
-        closed.append(time.monotonic())
-
+    requests = paced_requests(pcm, pb.FINALIZATION_MODE_STREAMING, started, closed, MESSAGE_SECONDS)
     worst = 0.0
-    for response in stub.StreamingTranscribe(requests(), timeout=3600):
+    for response in stub.StreamingTranscribe(requests, timeout=3600):
         now = time.monotonic()
         if response.is_final:
             return StreamFigures(worst, now - closed[0], response.finalized_text)

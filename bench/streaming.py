@@ -16,12 +16,11 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
-from common import checkpoint, speechlike, start_server
+from common import checkpoint, paced_requests, speechlike, start_server
 
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
@@ -31,29 +30,10 @@ MESSAGE_SECONDS = 0.1
 
 def stream_once(stub: pb_grpc.TranscriptionServiceStub, pcm: bytes, mode: int) -> tuple[float, int]:
     """Streams at real-time pace; returns (seconds from half-close to final, responses)."""
-    per_message = int(16000 * MESSAGE_SECONDS) * 2
+    started: list[float] = []
     closed: list[float] = []
-
-    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
-        yield pb.StreamingTranscribeRequest(
-            config=pb.StreamingConfig(
-                format=pb.AudioFormat(
-                    encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000
-                ),
-                interim_results=True,
-                finalization_mode=mode,  # type: ignore[arg-type]
-            )
-        )
-        start = time.monotonic()
-        for index, offset in enumerate(range(0, len(pcm), per_message)):
-            # Message k holds audio recorded until (k + 1) * 100 ms: send it no earlier.
-            delay = start + (index + 1) * MESSAGE_SECONDS - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            yield pb.StreamingTranscribeRequest(audio=pcm[offset : offset + per_message])
-        closed.append(time.monotonic())
-
-    for count, response in enumerate(stub.StreamingTranscribe(requests(), timeout=3600), 1):
+    requests = paced_requests(pcm, mode, started, closed, MESSAGE_SECONDS)
+    for count, response in enumerate(stub.StreamingTranscribe(requests, timeout=3600), 1):
         if response.is_final:
             return time.monotonic() - closed[0], count
     raise RuntimeError("the stream ended without a final response")
