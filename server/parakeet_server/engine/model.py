@@ -338,18 +338,20 @@ class ParakeetEngine:
                 f"{self.info.min_samples / self.info.sample_rate * 1000:.0f} ms"
             )
 
+    def _mels(self, pieces: list[np.ndarray]) -> list[Any]:
+        """Each piece's normalised log-mel features, (1, T, mels)."""
+        from parakeet_server.engine.features import log_mel
+
+        preprocessor = self._model.preprocessor_config
+        return [log_mel(piece.astype(np.float32, copy=False), preprocessor) for piece in pieces]
+
     def _generate_padded(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         """Tokens of each piece, pieces of any length in one encoder batch (zero-padded to the
         longest; the fast encoder masks the padding by the lengths)."""
         import mlx.core as mx
 
-        from parakeet_server.engine.features import log_mel
-
         dtype = getattr(mx, self.info.dtype)
-        mels = [
-            log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
-            for piece in pieces
-        ]
+        mels = self._mels(pieces)
         lengths = mx.array([mel.shape[1] for mel in mels])
         longest = max(mel.shape[1] for mel in mels)
         batch = mx.concatenate(
@@ -366,13 +368,8 @@ class ParakeetEngine:
     def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         import mlx.core as mx
 
-        from parakeet_server.engine.features import log_mel
-
         dtype = getattr(mx, self.info.dtype)
-        mels = [
-            log_mel(piece.astype(np.float32, copy=False), self._model.preprocessor_config)
-            for piece in pieces
-        ]
+        mels = self._mels(pieces)
         batch = mx.concatenate(mels, axis=0).astype(dtype)
         del mels
         results = self._model.generate(batch, decoding_config=config)

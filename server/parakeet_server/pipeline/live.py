@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from parakeet_server.workers.scheduler import ModelScheduler, Timed
 from parakeet_server.workers.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 BACKLOG_SECONDS = 10.0
@@ -223,9 +225,7 @@ class LiveTranscription:
 
     async def _run_block(self) -> Partial:
         samples = self._take_pending()
-        timed = await self._scheduler.run_block(self._open, samples)
-        self._queue_seconds += timed.queue_seconds
-        self._run_seconds += timed.run_seconds
+        timed = self._count(await self._scheduler.run_block(self._open, samples))
         result: BlockResult = timed.value
         self.blocks += 1
         self._block_max = max(self._block_max, timed.run_seconds)
@@ -250,7 +250,10 @@ class LiveTranscription:
         return np.concatenate(pending) if pending else np.zeros(0, np.float32)
 
     async def _run(self, job: Callable[[TranscriptionEngine], Any]) -> Timed[Any]:
-        timed: Timed[Any] = await self._scheduler.run(job)
+        return self._count(await self._scheduler.run(job))
+
+    def _count(self, timed: Timed[T]) -> Timed[T]:
+        """Adds a model call's queue and run time to the stream's figures."""
         self._queue_seconds += timed.queue_seconds
         self._run_seconds += timed.run_seconds
         return timed

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from parakeet_server.audio.decode import DecodedAudio, Encoding
 from parakeet_server.cache.recordings import Recording, RecordingLoader
@@ -22,6 +23,7 @@ from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.errors import ModelUnavailable, RequestTooLarge
 from parakeet_server.ops.perf import RequestFigures
 from parakeet_server.workers.process import ModelProcess
+from parakeet_server.workers.scheduler import Timed
 from parakeet_server.workers.supervisor import Supervisor
 
 
@@ -79,33 +81,17 @@ class UnaryJob:
         known = self.recording.transcript
         if known is not None:
             self.chunks = 0
-            yield Progress(
-                processed_seconds=self.audio.duration_seconds,
-                total_seconds=self.audio.duration_seconds,
-                segments=known.segments,
-                chunks_done=0,
-                chunks_total=0,
-                transcript=known,
-            )
+            yield self._whole(known)
             return
         samples = self.audio.samples
-        info = self._engine.info
-        if info.min_samples <= len(samples) <= self._chunk_samples:
+        if self._engine.info.min_samples <= len(samples) <= self._chunk_samples:
             # One chunk: batched with the other short recordings queued with it.
             clip = await self._process.scheduler.run_clip(
                 samples, self._request.options, deadline=self._request.deadline, admitted=True
             )
-            self.queue_seconds += clip.queue_seconds
-            self.inference_seconds += clip.run_seconds
+            self._count(clip)
             await asyncio.to_thread(self._recordings.remember, self.recording, clip.value)
-            yield Progress(
-                processed_seconds=self.audio.duration_seconds,
-                total_seconds=self.audio.duration_seconds,
-                segments=clip.value.segments,
-                chunks_done=1,
-                chunks_total=1,
-                transcript=clip.value,
-            )
+            yield self._whole(clip.value)
             return
         steps = self._engine.transcribe_steps(samples, self._request.options, segments=segments)
         try:
@@ -113,8 +99,7 @@ class UnaryJob:
                 timed = await self._process.scheduler.run(
                     lambda _: next(steps, None), deadline=self._request.deadline, admitted=True
                 )
-                self.queue_seconds += timed.queue_seconds
-                self.inference_seconds += timed.run_seconds
+                self._count(timed)
                 if timed.value is None:
                     return
                 self.chunks = timed.value.chunks_total
@@ -125,6 +110,21 @@ class UnaryJob:
                 yield timed.value
         finally:
             self._engine.release(steps)
+
+    def _count(self, timed: Timed[Any]) -> None:
+        self.queue_seconds += timed.queue_seconds
+        self.inference_seconds += timed.run_seconds
+
+    def _whole(self, transcript: Transcript) -> Progress:
+        """The one step of a recording done at once (from the cache: chunks 0, else 1)."""
+        return Progress(
+            processed_seconds=self.audio.duration_seconds,
+            total_seconds=self.audio.duration_seconds,
+            segments=transcript.segments,
+            chunks_done=self.chunks,
+            chunks_total=self.chunks,
+            transcript=transcript,
+        )
 
     def figures(self, transcript: Transcript, started: float) -> RequestFigures:
         """The request's PERF figures; `started` is its time.perf_counter() at arrival."""

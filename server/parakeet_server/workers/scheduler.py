@@ -332,9 +332,7 @@ class ModelScheduler(Generic[E]):
         started = time.monotonic()
         try:
             if job.deadline is not None and started > job.deadline:
-                raise DeadlineExceeded(
-                    f"the deadline passed after {started - job.queued_at:.2f} s in the queue"
-                )
+                raise _expired(job.queued_at, started)
             value = job.run(self._engine)
         except BaseException as error:
             job.future.set_exception(error)
@@ -348,50 +346,35 @@ class ModelScheduler(Generic[E]):
             if not clip.future.set_running_or_notify_cancel():
                 continue  # its caller gave up while it was queued
             if clip.deadline is not None and now > clip.deadline:
-                clip.future.set_exception(
-                    DeadlineExceeded(
-                        f"the deadline passed after {now - clip.queued_at:.2f} s in the queue"
-                    )
-                )
+                clip.future.set_exception(_expired(clip.queued_at, now))
                 continue
             ready.append(clip)
-        if not ready:
-            return
+        if ready:
+            self._transcribe_clips(ready)
+
+    def _transcribe_clips(self, clips: list[_Clip]) -> None:
         engine = self._engine
+        started = time.monotonic()
         try:
             if engine is None:
                 raise ModelUnavailable(self._closed_because)
-            transcripts = engine.transcribe_batch([(c.samples, c.options) for c in ready])
-        except ModelUnavailable as error:
-            for clip in ready:
+            transcripts = engine.transcribe_batch([(c.samples, c.options) for c in clips])
+        except BaseException as error:
+            if len(clips) > 1 and not isinstance(error, ModelUnavailable):
+                # Whatever it was, it fails only the recording it came from: one at a time.
+                for clip in clips:
+                    self._transcribe_clips([clip])
+                return
+            for clip in clips:
                 clip.future.set_exception(error)
             return
-        except BaseException as error:
-            if len(ready) == 1:
-                ready[0].future.set_exception(error)
-                return
-            # Whatever it was, it fails only the recording it came from: one at a time.
-            for clip in ready:
-                self._run_clips_alone(engine, clip, now)
-            return
-        seconds = time.monotonic() - now
+        seconds = time.monotonic() - started
         if self._on_batch is not None:
-            self._on_batch("oneshot", len(ready), seconds)
-        for clip, transcript in zip(ready, transcripts, strict=True):
+            self._on_batch("oneshot", len(clips), seconds)
+        for clip, transcript in zip(clips, transcripts, strict=True):
             clip.future.set_result(
-                Timed(transcript, now - clip.queued_at, seconds, batch_size=len(ready))
+                Timed(transcript, started - clip.queued_at, seconds, batch_size=len(clips))
             )
-
-    def _run_clips_alone(self, engine: Any, clip: _Clip, queued_until: float) -> None:
-        started = time.monotonic()
-        try:
-            [transcript] = engine.transcribe_batch([(clip.samples, clip.options)])
-        except BaseException as error:
-            clip.future.set_exception(error)
-            return
-        clip.future.set_result(
-            Timed(transcript, queued_until - clip.queued_at, time.monotonic() - started)
-        )
 
     def _run_blocks(self, batch: list[_Block]) -> None:
         batch = [block for block in batch if block.future.set_running_or_notify_cancel()]
@@ -414,3 +397,7 @@ class ModelScheduler(Generic[E]):
             block.future.set_result(
                 Timed(result, started - block.queued_at, seconds, batch_size=len(batch))
             )
+
+
+def _expired(queued_at: float, now: float) -> DeadlineExceeded:
+    return DeadlineExceeded(f"the deadline passed after {now - queued_at:.2f} s in the queue")
