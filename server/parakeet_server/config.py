@@ -60,6 +60,7 @@ class ServerConfig:
     tls_client_ca: str | None = None
     auth_token_file: str | None = None
     port_file: str | None = None
+    memory_report_dir: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -302,6 +303,14 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         str,
         "write the port the server listens on to this file once it is bound (useful with "
         "--port 0); readiness is health's SERVING",
+    ),
+    (
+        "--memory-report-dir",
+        "memory_report_dir",
+        str,
+        "on SIGUSR1, write a report of what the server and its model worker hold here "
+        "(memory-N.json, and a tracemalloc snapshot under PYTHONTRACEMALLOC); without it "
+        "SIGUSR1 logs one line",
     ),
 ]
 

@@ -123,6 +123,19 @@ def samples_needed(
 
 
 @dataclass(frozen=True)
+class MemoryFigures:
+    """What the model's process holds at one moment, by who holds it: MLX's arrays and its
+    reuse cache (its own accounting), and the C heap under them (glibc's mallinfo2: bytes
+    allocated, and bytes free but kept by malloc; 0 where that is not known)."""
+
+    mlx_active: int = 0
+    mlx_cache: int = 0
+    mlx_peak: int = 0  # most MLX held at once since the process started
+    heap_in_use: int = 0
+    heap_free: int = 0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What was loaded, and how long it took; reported by GetServerInfo and the startup log."""
 

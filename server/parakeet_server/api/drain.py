@@ -38,7 +38,9 @@ REFUSED = (
 class DrainGate(ServerInterceptor):
     """Counts the transcription calls in flight; once closed, refuses new ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_idle: Callable[[], None] | None = None) -> None:
+        """`on_idle` is called (on the event loop) each time the last running call ends."""
+        self._on_idle = on_idle
         self._running = 0
         self._closed = False
         self._idle = asyncio.Event()
@@ -84,6 +86,8 @@ class DrainGate(ServerInterceptor):
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
+                if self._on_idle is not None:
+                    self._on_idle()
 
     def _count_unary(self, behaviour: Behaviour) -> Behaviour:
         async def unary(request: Any, context: Context) -> Any:

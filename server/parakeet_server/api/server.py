@@ -27,6 +27,8 @@ from parakeet_server.cache.store import Caches
 from parakeet_server.config import ServerConfig
 from parakeet_server.domain import ChunkingConfig
 from parakeet_server.errors import ModelLoadError
+from parakeet_server.ops.heap import pin_mmap_threshold, release_free_heap
+from parakeet_server.ops.memory_report import MemoryReporter
 from parakeet_server.ops.proc import resident_bytes
 from parakeet_server.ops.prometheus import MetricsEndpoint, ServerMetrics
 from parakeet_server.pipeline.live import LiveStreams, StreamPolicy
@@ -57,6 +59,11 @@ KEEPALIVE = [
 # Once the transcription calls have drained, gRPC gets this long for their last responses to
 # leave and for health watchers to hear NOT_SERVING; a call arriving then is cancelled by gRPC.
 _TAIL_SECONDS = 1.0
+# Buffers from 256 KiB up (decoded audio, request messages) get their own mmap in the server
+# process, so they go back to the OS when freed: with glibc's default, rising threshold they
+# landed in its heaps and the memory they freed stayed there (measured by bench/soak.py: the
+# server's free-but-kept heap grew ~38 MB in a minute of mixed load, its live data flat).
+HEAP_MMAP_THRESHOLD = 256 * 1024
 
 
 class Server:
@@ -94,11 +101,15 @@ class Server:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # Kept even when not served over HTTP, so the interceptor needs no special case.
         self.metrics = ServerMetrics(
-            lambda: self.supervisor.pending, lambda: self.streams.worst_lag_seconds()
+            lambda: self.supervisor.pending,
+            lambda: self.streams.worst_lag_seconds(),
+            self.supervisor.worker_memory,
         )
         self.metrics_endpoint: MetricsEndpoint | None = None
         # Metrics first, so refused calls are counted too.
-        self.drain = DrainGate()
+        self.drain = DrainGate(on_idle=self._release_free_heap)
+        self._last_trim = 0.0
+        self._trim_pending = False
         interceptors: list[ServerInterceptor] = [MetricsInterceptor(self.metrics), self.drain]
         if token is not None:
             interceptors.append(TokenAuthInterceptor(token))
@@ -235,6 +246,24 @@ class Server:
         )
         return self.port
 
+    def _release_free_heap(self) -> None:
+        """Once no call runs, gives the heap memory that the calls freed back to the OS (on a
+        thread: a few ms), at most once a second. glibc keeps freed memory in each thread's
+        arena; without this the server's resident memory kept what its busiest moment used
+        (bench/soak.py: free-but-kept heap +20 MB over a minute, live data flat)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+        delay = max(0.0, self._last_trim + 1.0 - time.monotonic())
+        asyncio.get_running_loop().call_later(delay, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_pending = False
+        if self.drain.running:
+            return  # busy again: the next idle time trims
+        self._last_trim = time.monotonic()
+        asyncio.get_running_loop().run_in_executor(None, release_free_heap)
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds."""
         self.drain.close()
@@ -324,6 +353,7 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 async def serve(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT; returns the process exit code."""
+    pin_mmap_threshold(HEAP_MMAP_THRESHOLD)
     try:
         server = Server(config)
     except (OSError, ValueError) as error:
@@ -333,6 +363,9 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if hasattr(signal, "SIGUSR1"):
+        reporter = MemoryReporter(config.memory_report_dir, server.supervisor.worker_memory)
+        loop.add_signal_handler(signal.SIGUSR1, reporter.on_signal)
     starting = asyncio.ensure_future(server.start())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -310,9 +310,12 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
             response.parameter_count = info.parameter_count
             response.library_versions.update(info.library_versions)
         if current is not None and current.engine is not None:
-            active, cached = current.engine.memory()
-            response.mlx_active_memory_bytes = active
-            response.mlx_cache_memory_bytes = cached
+            memory = current.engine.memory()
+            response.mlx_active_memory_bytes = memory.mlx_active
+            response.mlx_cache_memory_bytes = memory.mlx_cache
+            response.mlx_peak_memory_bytes = memory.mlx_peak
+            response.worker_heap_in_use_bytes = memory.heap_in_use
+            response.worker_heap_free_bytes = memory.heap_free
             response.worker_pid = current.pid
             response.worker_resident_memory_bytes = current.resident_bytes()
         response.worker_restarts = self._supervisor.restarts

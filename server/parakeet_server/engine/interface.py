@@ -10,6 +10,7 @@ import numpy as np
 from parakeet_server.domain import (
     BlockResult,
     BlockSchedule,
+    MemoryFigures,
     ModelInfo,
     Progress,
     Transcript,
@@ -53,7 +54,7 @@ class TranscriptionEngine(Protocol):
     def release(self, handle: object) -> None:
         """Forgets a stream or a stepwise transcription that will not be used again."""
 
-    def memory(self) -> tuple[int, int]:
-        """Bytes MLX holds in live arrays and in its reuse cache."""
+    def memory(self) -> MemoryFigures:
+        """What the model's process holds: MLX arrays, MLX's reuse cache, the C heap."""
 
     def close(self) -> None: ...

@@ -22,6 +22,7 @@ from parakeet_server.domain import (
     BlockSchedule,
     ChunkingConfig,
     DecodingMethod,
+    MemoryFigures,
     ModelInfo,
     Progress,
     Segment,
@@ -30,13 +31,9 @@ from parakeet_server.domain import (
 )
 from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
 from parakeet_server.engine.results import sentences_to_transcript
-from parakeet_server.engine.runtime import (
-    log_blas,
-    matmul_gflops,
-    release_free_heap,
-    use_fast_blas,
-)
+from parakeet_server.engine.runtime import log_blas, matmul_gflops, use_fast_blas
 from parakeet_server.errors import InvalidRequest, ModelLoadError
+from parakeet_server.ops.heap import heap_figures, release_free_heap
 
 if TYPE_CHECKING:
     from parakeet_server.engine.streaming import StreamingSession
@@ -300,11 +297,18 @@ class ParakeetEngine:
             whole_text=self.text(session.tokens + session.draft),
         )
 
-    def memory(self) -> tuple[int, int]:
-        """Bytes MLX holds in live arrays and in its reuse cache; safe from any thread."""
+    def memory(self) -> MemoryFigures:
+        """What this process holds (MLX arrays, MLX's cache, the C heap); safe from any thread."""
         import mlx.core as mx
 
-        return int(mx.get_active_memory()), int(mx.get_cache_memory())
+        in_use, free = heap_figures()
+        return MemoryFigures(
+            mlx_active=int(mx.get_active_memory()),
+            mlx_cache=int(mx.get_cache_memory()),
+            mlx_peak=int(mx.get_peak_memory()),
+            heap_in_use=in_use,
+            heap_free=free,
+        )
 
     def close(self) -> None:
         """Frees the model and this thread's MLX streams; call on the model thread, last."""
@@ -323,7 +327,7 @@ class ParakeetEngine:
 
     def _release_memory(self) -> None:
         """Gives back what MLX keeps for reuse and what glibc keeps of what MLX freed; without
-        both, memory climbs with the longest inputs seen (see runtime.py)."""
+        both, memory climbs with the longest inputs seen (see ops/heap.py)."""
         import mlx.core as mx
 
         mx.clear_cache()

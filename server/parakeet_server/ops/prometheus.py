@@ -83,14 +83,37 @@ class CacheCollector(Collector):
             yield counter
 
 
+class WorkerMemoryCollector(Collector):
+    """`parakeet_worker_memory_bytes{kind}`: what the model worker holds, read at scrape time
+    (its resident memory, MLX's arrays, cache and peak, its C heap in use and kept free)."""
+
+    def __init__(self, figures: Callable[[], dict[str, int]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(
+            f"{NAMESPACE}_worker_memory_bytes",
+            "memory of the model worker process by kind: resident, mlx_active, mlx_cache, "
+            "mlx_peak, heap_in_use, heap_free (absent while no worker is ready)",
+            labels=["kind"],
+        )
+        for kind, value in self._figures().items():
+            gauge.add_metric([kind], value)
+        yield gauge
+
+
 class ServerMetrics:
     """Every collector of one server, in a registry of its own (not the process-global one)."""
 
     def __init__(
-        self, queue_depth: Callable[[], int], stream_lag: Callable[[], float] = lambda: 0.0
+        self,
+        queue_depth: Callable[[], int],
+        stream_lag: Callable[[], float] = lambda: 0.0,
+        worker_memory: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        registry.register(WorkerMemoryCollector(worker_memory))
         self.requests = Counter(
             "requests",
             "finished RPCs by service, method and gRPC status code",

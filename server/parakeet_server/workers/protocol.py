@@ -3,8 +3,8 @@
 Handshake: the model process sends (Handshake.READY, ModelInfo) or (Handshake.FAILED, message).
 Then each call is (Operation, args, released handles) from the server, with numpy arrays sent
 after it as raw bytes, and each answer is (Reply.OK, result, memory) or (Reply.ERROR, exception,
-memory), where memory is MLX's (active, cache) bytes. Operation.CLOSE ends the process. Both
-ends import this module; it imports neither MLX nor gRPC.
+memory), memory being the process's MemoryFigures after the call. Operation.CLOSE ends the
+process. Both ends import this module; it imports neither MLX nor gRPC.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 from parakeet_server.domain import (
     BlockResult,
     BlockSchedule,
+    MemoryFigures,
     ModelInfo,
     Progress,
     Transcript,
@@ -77,7 +78,7 @@ class RemoteEngine:
         self._ids = itertools.count(1)
         self._released: list[int] = []
         self._lock = threading.Lock()
-        self._memory = (0, 0)
+        self._memory = MemoryFigures()
         self._dead = False
 
     @property
@@ -160,7 +161,7 @@ class RemoteEngine:
             with self._lock:
                 self._released.append(handle.id)
 
-    def memory(self) -> tuple[int, int]:
+    def memory(self) -> MemoryFigures:
         return self._memory  # as of the last call
 
     def close(self) -> None:

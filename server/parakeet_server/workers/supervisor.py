@@ -103,6 +103,22 @@ class Supervisor:
     def worker_resident_bytes(self) -> int:
         return self.current.resident_bytes() if self.current is not None else 0
 
+    def worker_memory(self) -> dict[str, int]:
+        """What the current worker holds, by kind ({} while none is ready); its MLX and heap
+        figures are as of its last call."""
+        current = self.current
+        if current is None or current.engine is None:
+            return {}
+        memory = current.engine.memory()
+        return {
+            "resident": current.resident_bytes(),
+            "mlx_active": memory.mlx_active,
+            "mlx_cache": memory.mlx_cache,
+            "mlx_peak": memory.mlx_peak,
+            "heap_in_use": memory.heap_in_use,
+            "heap_free": memory.heap_free,
+        }
+
     async def close(self) -> None:
         """Stops restarting and closes every worker process."""
         self._closed = True

@@ -1544,9 +1544,17 @@ type GetServerInfoResponse struct {
 	// The largest backlog over the open streams: audio received but not yet encoded.
 	// A stream the server keeps up with stays within about one block plus the
 	// look-ahead; more means its partial results fall behind the audio.
-	MaxStreamLag  *durationpb.Duration `protobuf:"bytes,36,opt,name=max_stream_lag,json=maxStreamLag,proto3" json:"max_stream_lag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxStreamLag *durationpb.Duration `protobuf:"bytes,36,opt,name=max_stream_lag,json=maxStreamLag,proto3" json:"max_stream_lag,omitempty"`
+	// The most memory MLX held at once in the model worker since it started, in bytes.
+	MlxPeakMemoryBytes int64 `protobuf:"varint,37,opt,name=mlx_peak_memory_bytes,json=mlxPeakMemoryBytes,proto3" json:"mlx_peak_memory_bytes,omitempty"`
+	// The model worker's C heap (glibc, every arena): bytes allocated now, MLX's
+	// arrays included; 0 where the platform does not say.
+	WorkerHeapInUseBytes int64 `protobuf:"varint,38,opt,name=worker_heap_in_use_bytes,json=workerHeapInUseBytes,proto3" json:"worker_heap_in_use_bytes,omitempty"`
+	// The model worker's C heap: bytes free but kept by malloc, not returned to
+	// the system (fragmentation shows here).
+	WorkerHeapFreeBytes int64 `protobuf:"varint,39,opt,name=worker_heap_free_bytes,json=workerHeapFreeBytes,proto3" json:"worker_heap_free_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetServerInfoResponse) Reset() {
@@ -1831,6 +1839,27 @@ func (x *GetServerInfoResponse) GetMaxStreamLag() *durationpb.Duration {
 	return nil
 }
 
+func (x *GetServerInfoResponse) GetMlxPeakMemoryBytes() int64 {
+	if x != nil {
+		return x.MlxPeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *GetServerInfoResponse) GetWorkerHeapInUseBytes() int64 {
+	if x != nil {
+		return x.WorkerHeapInUseBytes
+	}
+	return 0
+}
+
+func (x *GetServerInfoResponse) GetWorkerHeapFreeBytes() int64 {
+	if x != nil {
+		return x.WorkerHeapFreeBytes
+	}
+	return 0
+}
+
 // Figures of one of the server's caches since it started.
 type CacheStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2064,7 +2093,7 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"transcript\x125\n" +
 	"\ametrics\x18\x06 \x01(\v2\x1b.parakeet.v1.RequestMetricsR\ametrics\x12@\n" +
 	"\x1cfinalization_latency_seconds\x18\a \x01(\x01R\x1afinalizationLatencySeconds\"\x16\n" +
-	"\x14GetServerInfoRequest\"\xdf\x0e\n" +
+	"\x14GetServerInfoRequest\"\xff\x0f\n" +
 	"\x15GetServerInfoResponse\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x125\n" +
 	"\n" +
@@ -2106,7 +2135,10 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\x0emax_batch_size\x18! \x01(\x05R\fmaxBatchSize\x12&\n" +
 	"\x0flast_batch_size\x18\" \x01(\x05R\rlastBatchSize\x12G\n" +
 	"\x12last_step_duration\x18# \x01(\v2\x19.google.protobuf.DurationR\x10lastStepDuration\x12?\n" +
-	"\x0emax_stream_lag\x18$ \x01(\v2\x19.google.protobuf.DurationR\fmaxStreamLag\x1aB\n" +
+	"\x0emax_stream_lag\x18$ \x01(\v2\x19.google.protobuf.DurationR\fmaxStreamLag\x121\n" +
+	"\x15mlx_peak_memory_bytes\x18% \x01(\x03R\x12mlxPeakMemoryBytes\x126\n" +
+	"\x18worker_heap_in_use_bytes\x18& \x01(\x03R\x14workerHeapInUseBytes\x123\n" +
+	"\x16worker_heap_free_bytes\x18' \x01(\x03R\x13workerHeapFreeBytes\x1aB\n" +
 	"\x14LibraryVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x02\n" +
