@@ -7,6 +7,7 @@ server on the trained tiny CTC checkpoint with espeak-ng sentences separated by 
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import random
 import subprocess
@@ -73,16 +74,16 @@ def test_a_pause_of_trailing_silence_after_the_last_word_ends_the_utterance() ->
 
 def test_a_pause_just_short_of_trailing_silence_keeps_the_utterance_open() -> None:
     endpointer = Endpointer(EndpointRules(trailing_silence=0.8))
-    assert endpointer.advance([tok("one", 2)], (), 0.16, 0.32) == [SpeechBegan(2 * FRAME)]
-    # Decoded to frame 12: the pause after frame 3 is 9 frames (0.72 s) < 0.8 s.
-    assert endpointer.advance([], (), 0.32, 12 * FRAME) == []
-    # Exactly 10 frames (0.8 s): closed (float arithmetic must not miss it by an epsilon).
-    assert len(ends(endpointer.advance([], (), 0.32, 13 * FRAME))) == 1
+    assert endpointer.advance([tok("one", 4)], (), 0.32, 0.4) == [SpeechBegan(4 * FRAME)]
+    # Decoded to frame 14: the pause after frame 5 is 9 frames (0.72 s) < 0.8 s.
+    assert endpointer.advance([], (), 0.32, 14 * FRAME) == []
+    # Exactly 10 frames, 0.8 s (0.7999999999999999 in floats): closed all the same.
+    assert len(ends(endpointer.advance([], (), 0.32, 15 * FRAME))) == 1
 
 
 def test_the_drafts_first_word_bounds_the_pause() -> None:
     endpointer = Endpointer(EndpointRules(trailing_silence=0.8))
-    endpointer.advance([tok("one", 2)], (), 1.28, 1.92)
+    endpointer.advance([tok("one", 2)], (), 0.16, 0.32)
     # The draft already hears the next word 0.4 s after "one": no end yet, however far decoded.
     assert endpointer.advance([], [tok("two", 8)], 1.28, 5.0) == []
     assert endpointer.draft == [tok("two", 8)]
@@ -423,6 +424,13 @@ def test_three_sentences_come_back_as_three_utterances_while_the_stream_is_open(
         closed_at = _seconds(utterance.closed_at)
         # Audio time, not wall time: the end came within trailing_silence + one step.
         assert speech_end < closed_at <= speech_end + 0.8 + step + 1e-6, (closed_at, speech_end)
+    print(
+        "END_OF_UTTERANCE this much audio after the speech ended:",
+        [
+            round(_seconds(r.utterance.closed_at) - end, 2)
+            for r, end in zip(closing, speech_ends, strict=True)
+        ],
+    )
     final = responses[-1]
     assert final.is_final
     assert not final.HasField("utterance")
@@ -499,7 +507,9 @@ def test_bad_endpointing_is_invalid_argument_and_the_server_keeps_serving(
     trained_server: RunningServer, field: str, endpointing: dict[str, Duration]
 ) -> None:
     stub = trained_server.stub()
-    config = _config(**endpointing)
+    config = _config()
+    for name, value in endpointing.items():
+        getattr(config.endpointing, name).CopyFrom(value)
     pcm = pcm16(np.zeros(RATE // 2, np.float32))
     requests = [
         pb.StreamingTranscribeRequest(config=config),
@@ -540,3 +550,28 @@ def test_parakeet_client_prints_each_utterance_as_it_closes(
         [*command, "--single-utterance"], capture_output=True, text=True, timeout=120, check=True
     ).stdout.splitlines()
     assert single == lines[:1]
+
+
+def test_the_renderer_prints_utterances_on_lines_of_their_own() -> None:
+    from parakeet_client.stream import Renderer
+
+    def closing(text: str, finalized: str) -> pb.StreamingTranscribeResponse:
+        return pb.StreamingTranscribeResponse(
+            finalized_text=finalized,
+            speech_event=pb.SPEECH_EVENT_END_OF_UTTERANCE,
+            utterance=pb.Utterance(transcript=pb.Transcript(text=text)),
+        )
+
+    out = io.StringIO()
+    renderer = Renderer(out, interim=True, tty=False, utterances=True)
+    renderer.update(pb.StreamingTranscribeResponse(draft_text="one tw"))
+    renderer.utterance(closing("one two", "one two"))
+    renderer.update(pb.StreamingTranscribeResponse(finalized_text="one two three", draft_text=" f"))
+    renderer.finish(pb.StreamingTranscribeResponse(is_final=True, finalized_text="one two three"))
+    assert out.getvalue() == "[draft] one tw\n[utterance] one two\n[draft] three f\n"
+    terminal = io.StringIO()
+    live = Renderer(terminal, tty=True, width=80, utterances=True)
+    live.update(pb.StreamingTranscribeResponse(finalized_text="one", draft_text=" two"))
+    live.utterance(closing("one two", "one two"))
+    live.update(pb.StreamingTranscribeResponse(finalized_text="one two three"))
+    assert terminal.getvalue().endswith("\r\x1b[Kone two\n\rthree\x1b[K")
