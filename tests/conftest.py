@@ -86,6 +86,22 @@ def server(
     assert running.stop() == 0, running.log()
 
 
+@pytest.fixture(scope="session")
+def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server on the trained tiny CTC checkpoint (real words from espeak-ng speech), shared
+    by test_trained_model.py, test_endpointing.py and the client tests that need words."""
+    running = start_server(
+        TRAINED_MODEL,
+        tmp_path_factory.mktemp("logs"),
+        *("--transcript-cache-bytes", "0", "--metrics-address", "127.0.0.1:0"),
+        # A streaming step waits for the other open streams' blocks: concurrent streams
+        # share steps for sure (alone, a stream never waits).
+        *("--max-batch-size", "8", "--max-batch-wait-ms", "300"),
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
 @pytest.fixture
 def stub(server: RunningServer) -> pb_grpc.TranscriptionServiceStub:
     return server.stub()

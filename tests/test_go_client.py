@@ -175,3 +175,50 @@ def test_a_refused_stream_exits_1_with_the_servers_status(
     run = _run(go_client, "-server", server.address, str(wav))
     assert run.returncode == 1
     assert run.stderr.startswith("parakeet-stream: INVALID_ARGUMENT: "), run.stderr
+
+
+@pytest.fixture(scope="module")
+def two_sentences(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two sentences the trained checkpoint knows, each followed by a 2 s pause."""
+    from test_trained_model import synthesise, wav_bytes
+
+    pause = np.zeros(32000, np.float32)
+    clips = [
+        synthesise("alfa bravo charlie delta echo", "en-us+m3", 155),
+        synthesise("victor whiskey xray yankee zulu", "en-us+m7", 195),
+    ]
+    path = tmp_path_factory.mktemp("go-endpointing") / "two.wav"
+    path.write_bytes(wav_bytes(np.concatenate([clips[0], pause, clips[1], pause])))
+    return path
+
+
+def test_endpointing_prints_each_utterance_and_single_utterance_stops_after_one(
+    go_client: Path, trained_server: RunningServer, two_sentences: Path
+) -> None:
+    run = _run(go_client, "-server", trained_server.address, "-json", "-mode", "streaming",
+               "-endpointing", str(two_sentences))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.lines()
+    utterances = [line for line in lines if line["type"] == "utterance"]
+    assert [(u["index"], u["speech_event"], u["end_reason"]) for u in utterances] == [
+        (0, "end_of_utterance", "silence"),
+        (1, "end_of_utterance", "silence"),
+    ]
+    assert utterances[0]["audio_end_seconds"] <= utterances[1]["audio_start_seconds"]
+    assert [line.get("speech_event") for line in lines if line["type"] == "partial"].count(
+        "speech_begin"
+    ) == 2
+    assert lines[-1]["type"] == "final"
+    assert lines[-1]["text"] == " ".join(u["text"] for u in utterances)
+    single = _run(go_client, "-server", trained_server.address, "-mode", "streaming",
+                  "-single-utterance", "-interim=false", str(two_sentences))  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    *_, shown, final = single.stdout.splitlines()  # after the SPEECH_BEGIN event's line
+    assert shown.startswith("[utterance 0 ")
+    assert shown.endswith(f"] {utterances[0]['text']}")
+    assert final == utterances[0]["text"]
+    refused = _run(go_client, "-server", trained_server.address, "-endpointing",
+                   "-trailing-silence", "50ms", str(two_sentences))  # fmt: skip
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT" in refused.stderr
+    assert "endpointing.trailing_silence" in refused.stderr

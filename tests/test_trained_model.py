@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from audio_samples import speak
 from conftest import TRAINED_MODEL, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.engine.chunking import Chunk, plan_chunks
-from parakeet_server.testing.launcher import RunningServer, start_server
+from parakeet_server.testing.launcher import RunningServer
 from scrape import delta, scrape
 
 RATE = 16000
@@ -102,20 +101,6 @@ def clips() -> list[tuple[str, np.ndarray]]:
         voice, speed = VOICES[i % len(VOICES)]
         out.append((sentence, synthesise(sentence, voice, speed)))
     return out
-
-
-@pytest.fixture(scope="module")
-def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
-        TRAINED_MODEL,
-        tmp_path_factory.mktemp("logs"),
-        *("--transcript-cache-bytes", "0", "--metrics-address", "127.0.0.1:0"),
-        # A streaming step waits for the other open streams' blocks: concurrent streams
-        # share steps for sure (alone, a stream never waits).
-        *("--max-batch-size", "8", "--max-batch-wait-ms", "300"),
-    )
-    yield running
-    assert running.stop() == 0, running.log()
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,7 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
             interim_results=not args.no_interim,
             options=pb.TranscriptionOptions(word_timestamps=args.words or args.json),
             finalization_mode=_MODES[args.mode],
+            endpointing=_endpointing_config(args),
         )
         if args.mic:
             messages = chunk_requests(config, mic.chunks())
@@ -299,7 +300,7 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
                 realtime_rate_bytes_per_s=rate * frame_bytes if args.realtime else None,
                 stop=stop,
             )
-        renderer = Renderer(sys.stdout, interim=args.interim)
+        renderer = Renderer(sys.stdout, interim=args.interim, utterances=_endpointing(args))
         final: pb.StreamingTranscribeResponse | None = None
         with _stop_on_sigint(stop):
             call = stub.StreamingTranscribe(messages, timeout=timeout, metadata=args.metadata)
@@ -308,6 +309,8 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
                     if response.is_final:
                         final = response
                     elif not args.json:
+                        if response.HasField("utterance"):
+                            renderer.utterance(response)
                         renderer.update(response)
             except KeyboardInterrupt:
                 call.cancel()
@@ -332,6 +335,48 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
         file=sys.stderr,
     )
     return 0
+
+
+def _endpointing(args: argparse.Namespace) -> bool:
+    return bool(args.endpointing or args.single_utterance)
+
+
+def _endpointing_config(args: argparse.Namespace) -> pb.EndpointingConfig | None:
+    """StreamingConfig.endpointing from the endpointing flags (None: none asked for)."""
+    if not _endpointing(args):
+        return None
+    config = pb.EndpointingConfig(single_utterance=args.single_utterance)
+    if args.trailing_silence_ms is not None:
+        config.trailing_silence.FromMilliseconds(args.trailing_silence_ms)
+    if args.max_utterance_seconds is not None:
+        config.max_utterance.FromMilliseconds(round(args.max_utterance_seconds * 1000))
+    return config
+
+
+def _add_endpointing_flags(stream: argparse.ArgumentParser) -> None:
+    group = stream.add_argument_group("endpointing (utterances closed at each pause)")
+    group.add_argument(
+        "--endpointing",
+        action="store_true",
+        help="print each utterance on a line of its own as the server closes it",
+    )
+    group.add_argument(
+        "--single-utterance",
+        action="store_true",
+        help="end the stream after the first utterance (a voice command); implies --endpointing",
+    )
+    group.add_argument(
+        "--trailing-silence-ms",
+        type=int,
+        metavar="MS",
+        help="a pause this long ends an utterance (server default 800)",
+    )
+    group.add_argument(
+        "--max-utterance-seconds",
+        type=float,
+        metavar="S",
+        help="close an utterance this long even without a pause (server default 30)",
+    )
 
 
 def _info(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) -> int:
@@ -503,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("--json", action="store_true", help="print only the final response as JSON")
     stream.add_argument("--words", action="store_true", help="print word timestamps")
+    _add_endpointing_flags(stream)
     info = commands.add_parser("info", help="show the loaded model and server")
     info.add_argument("--json", action="store_true", help="print the response as JSON")
     return parser

@@ -193,6 +193,10 @@ class Renderer:
     `finish`, which erases the live view and prints the final transcript. Elsewhere nothing is
     printed before the final transcript, or with `interim` one line per response:
     `[draft] <text so far>` and at the end `[final] <transcript>`.
+
+    With `utterances` (a stream with endpointing), each utterance is printed on a line of its
+    own as it closes (`utterance`), the live line shows the open utterance only, and `finish`
+    prints nothing more: the utterances are the transcript.
     """
 
     def __init__(
@@ -202,21 +206,38 @@ class Renderer:
         interim: bool = False,
         tty: bool | None = None,
         width: int | None = None,
+        utterances: bool = False,
     ) -> None:
         self._out = out
         self._tty = out.isatty() if tty is None else tty
         self._interim = interim
         self._width = width
+        self._utterances = utterances
+        self._closed = ""  # the closed utterances' texts, as finalized_text starts with them
         self._committed = 0  # characters of finalized text printed above the live line
         self._lines = 0  # lines printed above the live line
         self._live = False  # something is on the live line
 
     def update(self, response: pb.StreamingTranscribeResponse) -> None:
+        finalized, draft = response.finalized_text, response.draft_text
+        if self._utterances:
+            finalized = finalized[len(self._closed) :].lstrip()
+            draft = draft if finalized else draft.lstrip()
         if self._tty:
-            self._draw(response.finalized_text, response.draft_text)
+            self._draw(finalized, draft)
         elif self._interim:
-            self._out.write(f"[draft] {response.finalized_text}{response.draft_text}\n")
+            self._out.write(f"[draft] {finalized}{draft}\n")
             self._out.flush()
+
+    def utterance(self, response: pb.StreamingTranscribeResponse) -> None:
+        """Print the utterance a response closes on a line of its own."""
+        text = response.utterance.transcript.text
+        self._erase()
+        if text:
+            self._closed = f"{self._closed} {text}" if self._closed else text
+            prefix = "[utterance] " if self._interim and not self._tty else ""
+            self._out.write(f"{prefix}{text}\n")
+        self._out.flush()
 
     def finish(self, response: pb.StreamingTranscribeResponse) -> None:
         """Print the final transcript of the final response."""
@@ -224,13 +245,20 @@ class Renderer:
             text = response.transcript.text
         else:
             text = response.finalized_text
+        self._erase()
+        if self._utterances:
+            self._out.flush()
+            return
+        prefix = "[final] " if self._interim and not self._tty else ""
+        self._out.write(f"{prefix}{text}\n")
+        self._out.flush()
+
+    def _erase(self) -> None:
+        """Clear the live view (on a terminal)."""
         if self._tty:
             self._out.write("\r" + _CLEAR_TO_END + _UP_AND_CLEAR * self._lines)
             self._committed = self._lines = 0
             self._live = False
-        prefix = "[final] " if self._interim and not self._tty else ""
-        self._out.write(f"{prefix}{text}\n")
-        self._out.flush()
 
     def close(self) -> None:
         """Leave the live view as it is, so that what follows (an error) starts on a new line."""

@@ -73,6 +73,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class TimedToken:
+    """One token the decoder emitted: its text as the tokenizer writes it alone (a leading
+    space opens a word), where it lies in the audio, in seconds, and its confidence."""
+
+    id: int
+    text: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
 class BlockResult:
     """A live stream after one more block: where the next one starts, and its texts so far."""
 
@@ -80,6 +92,12 @@ class BlockResult:
     committed_seconds: float
     committed_text: str  # text of the committed tokens (final)
     whole_text: str  # committed text and the draft after it
+    # What an endpointer needs: the tokens committed since the previous result, in order;
+    # the draft's tokens; and how far the decoded audio reaches, committed and look-ahead
+    # frames, in seconds.
+    tokens: tuple[TimedToken, ...] = ()
+    draft: tuple[TimedToken, ...] = ()
+    decoded_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

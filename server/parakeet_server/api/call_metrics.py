@@ -83,6 +83,8 @@ class _Call:
         if not isinstance(response, Message):
             return
         fields = response.DESCRIPTOR.fields_by_name
+        if "utterance" in fields and response.HasField("utterance"):
+            self._observe_utterance(response)
         if "metrics" not in fields or not response.HasField("metrics"):
             return
         # Any of the service's responses with figures: Transcribe, TranscribeLong, streams.
@@ -98,6 +100,17 @@ class _Call:
             message.finalization_latency_seconds
             if "finalization_latency_seconds" in fields
             else None,
+        )
+
+    def _observe_utterance(self, response: Any) -> None:
+        """A stream's response closing an utterance (endpointing)."""
+        utterance = response.utterance
+        reason = utterance.DESCRIPTOR.enum_types_by_name["EndReason"].values_by_number.get(
+            utterance.end_reason
+        )
+        name = reason.name.removeprefix("END_REASON_").lower() if reason else "unspecified"
+        self._metrics.observe_utterance(
+            name, utterance.end_of_speech_latency_seconds if name == "silence" else None
         )
 
     def _finish(self, code: grpc.StatusCode) -> None:

@@ -16,8 +16,10 @@ from parakeet_server.domain import (
 )
 from parakeet_server.errors import InvalidRequest
 from parakeet_server.ops.perf import RequestFigures
+from parakeet_server.pipeline.endpointing import EndpointRules, EndReason
 from parakeet_server.pipeline.live import Final, FinalizationMode, Partial, StreamRequest
 from parakeet_server.pipeline.unary import UnaryRequest
+from parakeet_server.pipeline.utterances import SpeechEvent, Utterance
 
 MAX_BEAM_SIZE = 32
 
@@ -208,15 +210,22 @@ def stream_request_from_proto(config: pb.StreamingConfig) -> StreamRequest:
         interim_results=config.interim_results,
         options=options_from_proto(config.options),
         mode=_MODES[config.finalization_mode],
+        endpointing=endpointing_from_proto(config),
     )
 
 
 def partial_to_proto(partial: Partial) -> pb.StreamingTranscribeResponse:
-    return pb.StreamingTranscribeResponse(
+    response = pb.StreamingTranscribeResponse(
         finalized_text=partial.finalized_text,
         draft_text=partial.draft_text,
         audio_processed_seconds=partial.audio_processed_seconds,
     )
+    if partial.event is not None:
+        response.speech_event = _SPEECH_EVENTS[partial.event]
+        response.speech_event_offset.CopyFrom(duration(partial.event_offset))
+    if partial.utterance is not None:
+        response.utterance.CopyFrom(utterance_to_proto(partial.utterance))
+    return response
 
 
 def final_to_proto(final: Final, latency_seconds: float) -> pb.StreamingTranscribeResponse:
@@ -227,4 +236,69 @@ def final_to_proto(final: Final, latency_seconds: float) -> pb.StreamingTranscri
         transcript=transcript_to_proto(final.transcript),
         metrics=metrics_to_proto(final.figures),
         finalization_latency_seconds=latency_seconds,
+    )
+
+
+# Endpointing limits (EndpointingConfig): a pause shorter than 200 ms is the gap between two
+# words (the model's frames are 80 ms); longer than 10 s is no longer a pause. An utterance of
+# at least 1 s, and at most 5 minutes of audio kept for its full-context pass (19 MB).
+TRAILING_SILENCE_RANGE = (0.2, 10.0)
+MAX_UTTERANCE_RANGE = (1.0, 300.0)
+
+_SPEECH_EVENTS = {
+    SpeechEvent.SPEECH_BEGIN: pb.SPEECH_EVENT_SPEECH_BEGIN,
+    SpeechEvent.END_OF_UTTERANCE: pb.SPEECH_EVENT_END_OF_UTTERANCE,
+    SpeechEvent.END_OF_SINGLE_UTTERANCE: pb.SPEECH_EVENT_END_OF_SINGLE_UTTERANCE,
+}
+_END_REASONS = {
+    EndReason.SILENCE: pb.Utterance.END_REASON_SILENCE,
+    EndReason.MAX_UTTERANCE: pb.Utterance.END_REASON_MAX_UTTERANCE,
+    EndReason.END_OF_STREAM: pb.Utterance.END_REASON_END_OF_STREAM,
+}
+
+
+def _endpointing_seconds(
+    value: Duration, name: str, default: float, limits: tuple[float, float]
+) -> float:
+    seconds = value.seconds + value.nanos / 1e9
+    if seconds == 0:
+        return default
+    low, high = limits
+    if not low <= seconds <= high:
+        raise InvalidRequest(
+            f"endpointing.{name} must be between {low * 1000:.0f} ms and {high:g} s "
+            f"(or unset for {default:g} s), not {seconds:g} s"
+        )
+    return seconds
+
+
+def endpointing_from_proto(config: pb.StreamingConfig) -> EndpointRules | None:
+    """A stream's endpointing settings, validated; None when the stream has none."""
+    if not config.HasField("endpointing"):
+        return None
+    endpointing = config.endpointing
+    defaults = EndpointRules()
+    return EndpointRules(
+        trailing_silence=_endpointing_seconds(
+            endpointing.trailing_silence,
+            "trailing_silence",
+            defaults.trailing_silence,
+            TRAILING_SILENCE_RANGE,
+        ),
+        max_utterance=_endpointing_seconds(
+            endpointing.max_utterance, "max_utterance", defaults.max_utterance, MAX_UTTERANCE_RANGE
+        ),
+        single_utterance=endpointing.single_utterance,
+    )
+
+
+def utterance_to_proto(utterance: Utterance) -> pb.Utterance:
+    return pb.Utterance(
+        index=utterance.index,
+        transcript=transcript_to_proto(utterance.transcript),
+        audio_start=duration(utterance.audio_start),
+        audio_end=duration(utterance.audio_end),
+        end_reason=_END_REASONS[utterance.reason],
+        closed_at=duration(utterance.closed_at),
+        end_of_speech_latency_seconds=utterance.end_of_speech_latency,
     )

@@ -214,7 +214,8 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                 log.debug("request id=%s rpc=StreamingTranscribe opened", request_id)
                 reader = asyncio.create_task(self._read_stream(request_iterator, live))
                 while (partial := await live.next_partial()) is not None:
-                    if config.interim_results:
+                    # Speech events go out whether or not the client asked for partials.
+                    if config.interim_results or partial.event is not None:
                         yield partial_to_proto(partial)
                 final = await live.finish()
                 ended_at = live.ended_at or time.monotonic()

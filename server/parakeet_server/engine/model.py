@@ -26,6 +26,7 @@ from parakeet_server.domain import (
     ModelInfo,
     Progress,
     Segment,
+    TimedToken,
     Transcript,
     TranscriptionOptions,
 )
@@ -295,6 +296,9 @@ class ParakeetEngine:
             committed_seconds=session.committed_seconds,
             committed_text=self.text(session.tokens),
             whole_text=self.text(session.tokens + session.draft),
+            tokens=_timed(session.new_tokens()),
+            draft=_timed(session.draft),
+            decoded_seconds=session.decoded_seconds,
         )
 
     def memory(self) -> MemoryFigures:
@@ -398,6 +402,14 @@ class ParakeetEngine:
             duration_reward=options.duration_reward,
         )
         return DecodingConfig(decoding=beam, sentence=sentence)
+
+
+def _timed(tokens: list[Any]) -> tuple[TimedToken, ...]:
+    """parakeet-mlx's aligned tokens as plain data (they cross the pipe to the server)."""
+    return tuple(
+        TimedToken(int(t.id), str(t.text), float(t.start), float(t.end), float(t.confidence))
+        for t in tokens
+    )
 
 
 def _resolve_source(model_id: str) -> str:

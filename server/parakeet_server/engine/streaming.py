@@ -169,6 +169,8 @@ class StreamingSession:
         self._dtype = next(iter(_leaves(model.parameters()))).dtype
         self.tokens: list[Any] = []
         self.draft: list[Any] = []
+        self._reported = 0  # tokens already handed out by new_tokens()
+        self._decoded_frames = 0  # committed and look-ahead frames decoded so far
         self._finished = False
 
     @property
@@ -178,6 +180,17 @@ class StreamingSession:
     @property
     def committed_seconds(self) -> float:
         return float(self._committed_frames * self._model.time_ratio)
+
+    @property
+    def decoded_seconds(self) -> float:
+        """How far the decoder has looked: the committed frames and the last draft's."""
+        return float(self._decoded_frames * self._model.time_ratio)
+
+    def new_tokens(self) -> list[Any]:
+        """The committed tokens not handed out by an earlier call."""
+        fresh = self.tokens[self._reported :]
+        self._reported = len(self.tokens)
+        return fresh
 
     def samples_for_next_block(self) -> int:
         """Input samples after which the next block (with its look-ahead) can be encoded."""
@@ -247,6 +260,7 @@ class StreamingSession:
         draft = self._decode(x[:, end - start :], end, commit=False) if ahead > end else []
         self.tokens.extend(committed)
         self.draft = draft
+        self._decoded_frames = max(end, ahead)
         return StepResult(committed, draft)
 
     def _encode(self, start: int, end: int, ahead: int) -> mx.array:

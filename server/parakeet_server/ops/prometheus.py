@@ -173,6 +173,22 @@ class ServerMetrics:
             buckets=_TTF_BUCKETS,
             registry=registry,
         )
+        self.utterances = Counter(
+            "stream_utterances",
+            "utterances closed by endpointing, by why: silence (a pause), max_utterance, "
+            "end_of_stream (the half-close)",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.end_of_speech = Histogram(
+            "stream_end_of_speech_seconds",
+            "from the audio at the end of an utterance's last word reaching the server to its "
+            "END_OF_UTTERANCE response, for utterances closed by a pause",
+            namespace=NAMESPACE,
+            buckets=_TTF_BUCKETS,
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "batch_size",
             "items per model call: live streams' blocks in one streaming step (work=stream), "
@@ -246,6 +262,12 @@ class ServerMetrics:
             self.real_time_factor.labels(rpc).observe(real_time_factor)
         if time_to_final_seconds is not None:
             self.time_to_final.observe(time_to_final_seconds)
+
+    def observe_utterance(self, reason: str, end_of_speech_seconds: float | None) -> None:
+        """An utterance closed; the latency only for one closed by a pause."""
+        self.utterances.labels(reason).inc()
+        if end_of_speech_seconds is not None:
+            self.end_of_speech.observe(end_of_speech_seconds)
 
     def observe_batch(self, work: str, size: int, seconds: float) -> None:
         self.batch_size.labels(work).observe(size)

@@ -4,6 +4,8 @@ Audio arrives in pieces of any size; it is converted at once (cheap), and whenev
 encoder block (plus look-ahead) is available a job on the model thread encodes and decodes it.
 Blocks are fixed by audio position, so results do not depend on message sizes or pacing, and
 streams interleave fairly with each other and with unary requests on the one model thread.
+With endpointing, each step's tokens also go to the stream's Utterances (utterances.py), whose
+speech events come out as partials of their own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ import numpy as np
 
 from parakeet_server.audio.decode import Encoding
 from parakeet_server.audio.pcm_stream import PcmStream
+from parakeet_server.audio.vad import SpeechDetector
 from parakeet_server.domain import (
     BlockResult,
     BlockSchedule,
@@ -31,6 +35,8 @@ from parakeet_server.domain import (
 from parakeet_server.engine.interface import TranscriptionEngine
 from parakeet_server.errors import AudioTooLong, InvalidRequest, ModelUnavailable, Overloaded
 from parakeet_server.ops.perf import RequestFigures
+from parakeet_server.pipeline.endpointing import EndpointRules
+from parakeet_server.pipeline.utterances import Happening, SpeechEvent, Utterance, Utterances
 from parakeet_server.workers.scheduler import ModelScheduler, Timed
 from parakeet_server.workers.supervisor import Supervisor
 
@@ -58,6 +64,7 @@ class StreamRequest:
     interim_results: bool = True
     options: TranscriptionOptions = field(default_factory=TranscriptionOptions)
     mode: FinalizationMode = FinalizationMode.AUTO
+    endpointing: EndpointRules | None = None  # None: no utterances, no speech events
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,10 @@ class Partial:
     finalized_text: str
     draft_text: str
     audio_processed_seconds: float
+    # With endpointing: a speech event, where in the audio, and the utterance it closes.
+    event: SpeechEvent | None = None
+    event_offset: float = 0.0
+    utterance: Utterance | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,23 @@ class LiveTranscription:
         )
         if config.mode is FinalizationMode.STREAMING:
             self._kept = None
+        self._utterances: Utterances | None = None
+        self._detector: SpeechDetector | None = None  # loaded by the first block
+        if config.endpointing is not None:
+            # The endpointer reads the streaming decoder's tokens, and full context applies
+            # to each utterance's own audio, which Utterances keeps.
+            self._streaming = True
+            self._kept = None
+            self._utterances = Utterances(
+                config.endpointing,
+                config.options,
+                self._rate,
+                engine.info.min_samples,
+                self._utterance_full_context(config.mode, limits.auto_full_context_seconds),
+                self._heard_speech,
+            )
+        self._outbox: deque[Partial] = deque()  # partials of a step not handed out yet
+        self._flushed = False  # with endpointing: the stream's last step has run
         self._schedule = schedule = limits.schedule(engine.info.frame_seconds)
         self._next_block_at = engine.samples_for_frames(
             schedule.block_frames + schedule.lookahead_frames
@@ -150,7 +178,20 @@ class LiveTranscription:
 
     # -- input side (the request reader) ---------------------------------------------------------
 
+    @staticmethod
+    def _utterance_full_context(
+        mode: FinalizationMode, limit: float
+    ) -> Callable[[float], bool] | None:
+        """Which utterances get a full-context pass, by their length in seconds."""
+        if mode is FinalizationMode.STREAMING:
+            return None
+        if mode is FinalizationMode.FULL_CONTEXT:
+            return lambda seconds: True
+        return lambda seconds: seconds <= limit
+
     def add_audio(self, data: bytes) -> None:
+        if self._utterances is not None and self._utterances.done:
+            return  # single_utterance: the stream's one utterance is over; the rest is ignored
         samples = self._pcm.feed(data)
         self._append(samples)
         if self._backlog() > self._max_backlog:
@@ -201,6 +242,8 @@ class LiveTranscription:
                 self._kept = None  # past the full-context limit: streaming finalization
         if self._streaming:
             self._pending.append(samples)
+        if self._utterances is not None:
+            self._utterances.add_audio(samples)
         self._changed.set()
 
     # -- output side -----------------------------------------------------------------------------
@@ -214,18 +257,31 @@ class LiveTranscription:
         while True:
             if self._error is not None:
                 raise self._error
+            if self._outbox:
+                return self._outbox.popleft()
+            if self._utterances is not None and self._utterances.done:
+                self._room.set()
+                return None  # single_utterance: over after the first utterance
             if self._ended_at is not None and self._full_context:
                 return None  # the full-context pass replaces the blocks still to run
             if self._streaming and self._samples >= self._next_block_at:
-                return await self._run_block()
+                self._outbox.extend(await self._run_block())
+                continue
             if self._ended_at is not None:
+                if self._utterances is not None and not self._flushed:
+                    await self._flush(self._utterances)
+                    continue
                 return None
             self._changed.clear()
             await self._changed.wait()
 
-    async def _run_block(self) -> Partial:
+    async def _run_block(self) -> list[Partial]:
         samples = self._take_pending()
-        timed = self._count(await self._scheduler.run_block(self._open, samples))
+        timed = self._count(
+            await self._beside_voice_activity(
+                samples, self._scheduler.run_block(self._open, samples)
+            )
+        )
         result: BlockResult = timed.value
         self.blocks += 1
         self._block_max = max(self._block_max, timed.run_seconds)
@@ -235,8 +291,77 @@ class LiveTranscription:
         )
         if self._backlog() <= self._max_backlog:
             self._room.set()
+        if self._utterances is not None:
+            happenings = await self._utterances.advance(result, self._transcribe_utterance)
+            if self._detector is not None:
+                self._detector.forget_before(self._utterances.audio_start - 1.0)
+            return self._partials(self._utterances, result, happenings)
         self._update_texts(result)
-        return Partial(self._finalized, self._draft, self._committed_seconds)
+        return [Partial(self._finalized, self._draft, self._committed_seconds)]
+
+    async def _flush(self, utterances: Utterances) -> None:
+        """Endpointing: the stream's last step after the half-close, and its last utterance."""
+        self._flushed = True
+        self._check_length()
+        samples = self._take_pending()
+        options = self._config.options
+        timed = await self._beside_voice_activity(
+            samples,
+            self._run(lambda engine: engine.stream_finish(self._open(engine), samples, options)),
+            last=True,
+        )
+        result: BlockResult = timed.value[1]
+        self._committed_seconds = result.committed_seconds
+        happenings = await utterances.finish(
+            result, self._samples / self._rate, self._transcribe_utterance
+        )
+        if happenings:
+            self._outbox.extend(self._partials(utterances, result, happenings))
+
+    async def _beside_voice_activity(
+        self, samples: np.ndarray, step: Awaitable[T], *, last: bool = False
+    ) -> T:
+        """Awaits `step` (the model's work on `samples`); with endpointing, the voice-activity
+        detector judges the same samples meanwhile, in a worker thread."""
+        if self._utterances is None:
+            return await step
+        judged = asyncio.ensure_future(self._judge(samples, last=last))
+        try:
+            value = await step
+        except BaseException:
+            judged.cancel()
+            raise
+        await judged
+        return value
+
+    async def _judge(self, samples: np.ndarray, *, last: bool) -> None:
+        if self._detector is None:
+            self._detector = await asyncio.to_thread(SpeechDetector)
+        detector = self._detector
+        await asyncio.to_thread(detector.accept, samples)
+        if last:
+            await asyncio.to_thread(detector.finish)
+
+    def _heard_speech(self, start: float, end: float) -> bool:
+        return self._detector is not None and self._detector.heard_speech(start, end)
+
+    def _partials(
+        self, utterances: Utterances, result: BlockResult, happenings: list[Happening]
+    ) -> list[Partial]:
+        """One partial per speech event (each with the texts after the step), or one plain."""
+        finalized, draft = utterances.texts(interim=self._config.interim_results)
+        processed = self._committed_seconds
+        if not happenings:
+            return [Partial(finalized, draft, processed)]
+        return [
+            Partial(finalized, draft, processed, h.event, h.offset, h.utterance) for h in happenings
+        ]
+
+    async def _transcribe_utterance(self, audio: np.ndarray) -> Transcript:
+        options = self._config.options
+        timed = await self._run(lambda engine: engine.transcribe(audio, options))
+        transcript: Transcript = timed.value
+        return transcript
 
     def _open(self, engine: TranscriptionEngine) -> object:
         """The stream's session in the engine, opened by the first job (on the model's thread)."""
@@ -270,22 +395,33 @@ class LiveTranscription:
             self._finalized = f"{self._finalized} {committed[len(self._finalized) :]}".strip()
         self._draft = whole[len(committed) :] if whole.startswith(committed) else whole
 
-    async def finish(self) -> Final:
-        """Computes the final result once input has ended."""
+    def _check_length(self) -> None:
         if self._samples < self._engine.info.min_samples:
             raise InvalidRequest(
                 f"the stream carried {self._samples / self._rate * 1000:.0f} ms of audio; "
                 f"the model needs at least {self._engine.info.min_samples / self._rate * 1000:.0f}"
                 " ms"
             )
+
+    async def finish(self) -> Final:
+        """Computes the final result once input has ended (with endpointing: once
+        next_partial has returned None, every utterance closed)."""
         options = self._config.options
-        if self._full_context:
+        full_context = self._full_context
+        transcript: Transcript
+        if self._utterances is not None:
+            transcript = self._utterances.transcript()
+            finalized = transcript.text
+            full_context = any(u.full_context for u in self._utterances.closed)
+        elif self._full_context:
+            self._check_length()
             assert self._kept is not None
             audio = np.concatenate(self._kept)
             timed = await self._run(lambda engine: engine.transcribe(audio, options))
-            transcript: Transcript = timed.value
+            transcript = timed.value
             finalized = transcript.text
         else:
+            self._check_length()
             samples = self._take_pending()
             timed = await self._run(
                 lambda engine: engine.stream_finish(self._open(engine), samples, options)
@@ -305,7 +441,7 @@ class LiveTranscription:
             finalized_text=finalized,
             transcript=transcript,
             figures=figures,
-            full_context=self._full_context,
+            full_context=full_context,
             blocks=self.blocks,
             block_seconds_max=self._block_max,
         )
@@ -315,6 +451,9 @@ class LiveTranscription:
         if self._session is not None:
             self._engine.release(self._session)
         self._session = None
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
         self._kept = None
         self._pending = []
 

@@ -4,9 +4,11 @@
 //	parakeet-stream [flags] FILE.wav
 //
 // With -json every line of stdout is one JSON object: {"type":"partial",...} for each partial
-// result and one {"type":"final",...} at the end. Exit status: 0 on success, 1 when the server
-// refuses the request, 2 for bad flags or an unreadable file, 3 when the server is unreachable or
-// still loading.
+// result and one {"type":"final",...} at the end. With -endpointing (or -single-utterance) the
+// server closes an utterance at each pause: each is printed as it closes ({"type":"utterance",...}
+// with -json), and a partial that carries a speech event names it. Exit status: 0 on success, 1
+// when the server refuses the request, 2 for bad flags or an unreadable file, 3 when the server
+// is unreachable or still loading.
 package main
 
 import (
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	parakeetv1 "github.com/parakeet-server/parakeet-server/client/go/gen/parakeet/v1"
 	"github.com/parakeet-server/parakeet-server/client/go/internal/wav"
@@ -52,6 +55,7 @@ type options struct {
 	words    bool
 	interim  bool
 	timeout  time.Duration
+	endpoint endpointFlags
 }
 
 // A partial result as printed with -json.
@@ -60,6 +64,7 @@ type partialLine struct {
 	FinalizedText         string  `json:"finalized_text"`
 	DraftText             string  `json:"draft_text"`
 	AudioProcessedSeconds float64 `json:"audio_processed_seconds"`
+	SpeechEvent           string  `json:"speech_event,omitempty"`
 }
 
 // The final result as printed with -json; transcript and metrics are the messages' proto JSON
@@ -95,6 +100,7 @@ func main() {
 	flags.BoolVar(&o.words, "words", false, "ask for word timestamps (printed in text mode)")
 	flags.BoolVar(&o.interim, "interim", true, "ask for partial results (-interim=false: final only)")
 	flags.DurationVar(&o.timeout, "timeout", 10*time.Minute, "deadline for the whole stream")
+	o.endpoint.register(flags)
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -150,6 +156,7 @@ func run(o options, args []string) error {
 		InterimResults:   o.interim,
 		Options:          &parakeetv1.TranscriptionOptions{WordTimestamps: o.words || o.json},
 		FinalizationMode: mode,
+		Endpointing:      o.endpoint.config(),
 	}
 	// Audio goes out from its own goroutine so partial results are read while it is sent.
 	sent := make(chan error, 1)
@@ -166,6 +173,12 @@ func run(o options, args []string) error {
 		}
 		if response.GetIsFinal() {
 			final = response
+			continue
+		}
+		if response.GetUtterance() != nil {
+			if err := printUtterance(o, response); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := printPartial(o, response); err != nil {
@@ -255,7 +268,7 @@ func codeName(c codes.Code) string {
 
 func printPartial(o options, r *parakeetv1.StreamingTranscribeResponse) error {
 	if o.json {
-		return printJSON(partialLine{"partial", r.GetFinalizedText(), r.GetDraftText(), r.GetAudioProcessedSeconds()})
+		return printJSON(partialLine{"partial", r.GetFinalizedText(), r.GetDraftText(), r.GetAudioProcessedSeconds(), eventName(r.GetSpeechEvent())})
 	}
 	_, err := fmt.Printf("[%7.2fs] %s ‹%s›\n", r.GetAudioProcessedSeconds(), r.GetFinalizedText(), r.GetDraftText())
 	return err
@@ -307,4 +320,76 @@ func printJSON(v any) error {
 	}
 	_, err = fmt.Printf("%s\n", line)
 	return err
+}
+
+// endpointFlags are the endpointing flags: StreamingConfig.endpointing.
+type endpointFlags struct {
+	on              bool
+	single          bool
+	trailingSilence time.Duration
+	maxUtterance    time.Duration
+}
+
+func (e *endpointFlags) register(flags *flag.FlagSet) {
+	flags.BoolVar(&e.on, "endpointing", false, "close an utterance at each pause and print each as it closes")
+	flags.BoolVar(&e.single, "single-utterance", false, "end the stream after the first utterance (implies -endpointing)")
+	flags.DurationVar(&e.trailingSilence, "trailing-silence", 0, "a pause this long ends an utterance (0: the server's 800ms)")
+	flags.DurationVar(&e.maxUtterance, "max-utterance", 0, "close an utterance this long even without a pause (0: the server's 30s)")
+}
+
+// config is the StreamingConfig.endpointing the flags ask for; nil without endpointing.
+func (e endpointFlags) config() *parakeetv1.EndpointingConfig {
+	if !e.on && !e.single {
+		return nil
+	}
+	config := &parakeetv1.EndpointingConfig{SingleUtterance: e.single}
+	if e.trailingSilence != 0 {
+		config.TrailingSilence = durationpb.New(e.trailingSilence)
+	}
+	if e.maxUtterance != 0 {
+		config.MaxUtterance = durationpb.New(e.maxUtterance)
+	}
+	return config
+}
+
+// An utterance as printed with -json; its transcript is the message's proto JSON.
+type utteranceLine struct {
+	Type             string          `json:"type"`
+	SpeechEvent      string          `json:"speech_event"`
+	Index            int32           `json:"index"`
+	Text             string          `json:"text"`
+	EndReason        string          `json:"end_reason"`
+	AudioStart       float64         `json:"audio_start_seconds"`
+	AudioEnd         float64         `json:"audio_end_seconds"`
+	ClosedAt         float64         `json:"closed_at_seconds"`
+	EndOfSpeechDelay float64         `json:"end_of_speech_latency_seconds"`
+	Transcript       json.RawMessage `json:"transcript"`
+}
+
+func printUtterance(o options, r *parakeetv1.StreamingTranscribeResponse) error {
+	u := r.GetUtterance()
+	reason := strings.ToLower(strings.TrimPrefix(u.GetEndReason().String(), "END_REASON_"))
+	if o.json {
+		marshal := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+		transcript, err := marshal.Marshal(orEmpty(u.GetTranscript(), &parakeetv1.Transcript{}))
+		if err != nil {
+			return err
+		}
+		return printJSON(utteranceLine{
+			"utterance", eventName(r.GetSpeechEvent()), u.GetIndex(), u.GetTranscript().GetText(), reason,
+			u.GetAudioStart().AsDuration().Seconds(), u.GetAudioEnd().AsDuration().Seconds(),
+			u.GetClosedAt().AsDuration().Seconds(), u.GetEndOfSpeechLatencySeconds(), transcript,
+		})
+	}
+	_, err := fmt.Printf("[utterance %d %7.2fs-%.2fs %s] %s\n", u.GetIndex(), u.GetAudioStart().AsDuration().Seconds(),
+		u.GetAudioEnd().AsDuration().Seconds(), reason, u.GetTranscript().GetText())
+	return err
+}
+
+// eventName is "speech_begin", "end_of_utterance", ... ("" for none).
+func eventName(e parakeetv1.SpeechEvent) string {
+	if e == parakeetv1.SpeechEvent_SPEECH_EVENT_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(e.String(), "SPEECH_EVENT_"))
 }

@@ -196,6 +196,65 @@ func (ModelKind) EnumDescriptor() ([]byte, []int) {
 	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{2}
 }
 
+// What a streaming response says about the speech in the audio.
+type SpeechEvent int32
+
+const (
+	// No event on this response.
+	SpeechEvent_SPEECH_EVENT_UNSPECIFIED SpeechEvent = 0
+	// An utterance began: its first word was heard.
+	SpeechEvent_SPEECH_EVENT_SPEECH_BEGIN SpeechEvent = 1
+	// An utterance ended; the response's `utterance` holds it, final. The stream
+	// goes on; the next utterance begins with the next word.
+	SpeechEvent_SPEECH_EVENT_END_OF_UTTERANCE SpeechEvent = 2
+	// With single_utterance: the first utterance ended; the final response and the
+	// end of the call follow.
+	SpeechEvent_SPEECH_EVENT_END_OF_SINGLE_UTTERANCE SpeechEvent = 3
+)
+
+// Enum value maps for SpeechEvent.
+var (
+	SpeechEvent_name = map[int32]string{
+		0: "SPEECH_EVENT_UNSPECIFIED",
+		1: "SPEECH_EVENT_SPEECH_BEGIN",
+		2: "SPEECH_EVENT_END_OF_UTTERANCE",
+		3: "SPEECH_EVENT_END_OF_SINGLE_UTTERANCE",
+	}
+	SpeechEvent_value = map[string]int32{
+		"SPEECH_EVENT_UNSPECIFIED":             0,
+		"SPEECH_EVENT_SPEECH_BEGIN":            1,
+		"SPEECH_EVENT_END_OF_UTTERANCE":        2,
+		"SPEECH_EVENT_END_OF_SINGLE_UTTERANCE": 3,
+	}
+)
+
+func (x SpeechEvent) Enum() *SpeechEvent {
+	p := new(SpeechEvent)
+	*p = x
+	return p
+}
+
+func (x SpeechEvent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SpeechEvent) Descriptor() protoreflect.EnumDescriptor {
+	return file_parakeet_v1_transcription_proto_enumTypes[3].Descriptor()
+}
+
+func (SpeechEvent) Type() protoreflect.EnumType {
+	return &file_parakeet_v1_transcription_proto_enumTypes[3]
+}
+
+func (x SpeechEvent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SpeechEvent.Descriptor instead.
+func (SpeechEvent) EnumDescriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{3}
+}
+
 // Encoding of the audio bytes.
 type AudioFormat_Encoding int32
 
@@ -235,11 +294,11 @@ func (x AudioFormat_Encoding) String() string {
 }
 
 func (AudioFormat_Encoding) Descriptor() protoreflect.EnumDescriptor {
-	return file_parakeet_v1_transcription_proto_enumTypes[3].Descriptor()
+	return file_parakeet_v1_transcription_proto_enumTypes[4].Descriptor()
 }
 
 func (AudioFormat_Encoding) Type() protoreflect.EnumType {
-	return &file_parakeet_v1_transcription_proto_enumTypes[3]
+	return &file_parakeet_v1_transcription_proto_enumTypes[4]
 }
 
 func (x AudioFormat_Encoding) Number() protoreflect.EnumNumber {
@@ -249,6 +308,64 @@ func (x AudioFormat_Encoding) Number() protoreflect.EnumNumber {
 // Deprecated: Use AudioFormat_Encoding.Descriptor instead.
 func (AudioFormat_Encoding) EnumDescriptor() ([]byte, []int) {
 	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{0, 0}
+}
+
+// Why an utterance was closed.
+type Utterance_EndReason int32
+
+const (
+	// Not known.
+	Utterance_END_REASON_UNSPECIFIED Utterance_EndReason = 0
+	// A pause of at least trailing_silence.
+	Utterance_END_REASON_SILENCE Utterance_EndReason = 1
+	// It lasted max_utterance without a pause.
+	Utterance_END_REASON_MAX_UTTERANCE Utterance_EndReason = 2
+	// The client half-closed the stream: the last utterance, sent just before
+	// the final response.
+	Utterance_END_REASON_END_OF_STREAM Utterance_EndReason = 3
+)
+
+// Enum value maps for Utterance_EndReason.
+var (
+	Utterance_EndReason_name = map[int32]string{
+		0: "END_REASON_UNSPECIFIED",
+		1: "END_REASON_SILENCE",
+		2: "END_REASON_MAX_UTTERANCE",
+		3: "END_REASON_END_OF_STREAM",
+	}
+	Utterance_EndReason_value = map[string]int32{
+		"END_REASON_UNSPECIFIED":   0,
+		"END_REASON_SILENCE":       1,
+		"END_REASON_MAX_UTTERANCE": 2,
+		"END_REASON_END_OF_STREAM": 3,
+	}
+)
+
+func (x Utterance_EndReason) Enum() *Utterance_EndReason {
+	p := new(Utterance_EndReason)
+	*p = x
+	return p
+}
+
+func (x Utterance_EndReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Utterance_EndReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_parakeet_v1_transcription_proto_enumTypes[5].Descriptor()
+}
+
+func (Utterance_EndReason) Type() protoreflect.EnumType {
+	return &file_parakeet_v1_transcription_proto_enumTypes[5]
+}
+
+func (x Utterance_EndReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Utterance_EndReason.Descriptor instead.
+func (Utterance_EndReason) EnumDescriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // How the bytes of `audio` are to be read.
@@ -1177,8 +1294,12 @@ type StreamingConfig struct {
 	Options *TranscriptionOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
 	// How the final result is computed. Default: FINALIZATION_MODE_AUTO.
 	FinalizationMode FinalizationMode `protobuf:"varint,4,opt,name=finalization_mode,json=finalizationMode,proto3,enum=parakeet.v1.FinalizationMode" json:"finalization_mode,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Present: the server closes an utterance at each pause while the stream stays
+	// open, and says so with a response carrying SPEECH_EVENT_END_OF_UTTERANCE and
+	// the Utterance. Absent: no utterances, no speech events.
+	Endpointing   *EndpointingConfig `protobuf:"bytes,5,opt,name=endpointing,proto3" json:"endpointing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamingConfig) Reset() {
@@ -1237,6 +1358,13 @@ func (x *StreamingConfig) GetFinalizationMode() FinalizationMode {
 		return x.FinalizationMode
 	}
 	return FinalizationMode_FINALIZATION_MODE_UNSPECIFIED
+}
+
+func (x *StreamingConfig) GetEndpointing() *EndpointingConfig {
+	if x != nil {
+		return x.Endpointing
+	}
+	return nil
 }
 
 // One message of the client's side of a stream.
@@ -1345,8 +1473,19 @@ type StreamingTranscribeResponse struct {
 	// On the final response: seconds from the half-close reaching the server to
 	// this response being sent.
 	FinalizationLatencySeconds float64 `protobuf:"fixed64,7,opt,name=finalization_latency_seconds,json=finalizationLatencySeconds,proto3" json:"finalization_latency_seconds,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// With endpointing: what happened in the audio, if anything, on this response.
+	// A response carries at most one event; several in one streaming step come as
+	// several responses, in order. Sent whether or not interim_results is set.
+	SpeechEvent SpeechEvent `protobuf:"varint,8,opt,name=speech_event,json=speechEvent,proto3,enum=parakeet.v1.SpeechEvent" json:"speech_event,omitempty"`
+	// On a response with SPEECH_EVENT_END_OF_UTTERANCE or
+	// SPEECH_EVENT_END_OF_SINGLE_UTTERANCE: the utterance it closes, final.
+	Utterance *Utterance `protobuf:"bytes,9,opt,name=utterance,proto3" json:"utterance,omitempty"`
+	// With speech_event: where in the audio it happened, from the stream's start.
+	// SPEECH_BEGIN: the start of the utterance's first word; the ends: the end of
+	// the utterance's last word.
+	SpeechEventOffset *durationpb.Duration `protobuf:"bytes,10,opt,name=speech_event_offset,json=speechEventOffset,proto3" json:"speech_event_offset,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StreamingTranscribeResponse) Reset() {
@@ -1426,6 +1565,27 @@ func (x *StreamingTranscribeResponse) GetFinalizationLatencySeconds() float64 {
 		return x.FinalizationLatencySeconds
 	}
 	return 0
+}
+
+func (x *StreamingTranscribeResponse) GetSpeechEvent() SpeechEvent {
+	if x != nil {
+		return x.SpeechEvent
+	}
+	return SpeechEvent_SPEECH_EVENT_UNSPECIFIED
+}
+
+func (x *StreamingTranscribeResponse) GetUtterance() *Utterance {
+	if x != nil {
+		return x.Utterance
+	}
+	return nil
+}
+
+func (x *StreamingTranscribeResponse) GetSpeechEventOffset() *durationpb.Duration {
+	if x != nil {
+		return x.SpeechEventOffset
+	}
+	return nil
 }
 
 // Request of GetServerInfo.
@@ -1979,6 +2139,190 @@ func (x *CacheStats) GetDiskErrors() int64 {
 	return 0
 }
 
+// Endpointing: the stream is cut into utterances at pauses in the speech, each
+// final as soon as its pause is heard (StreamingConfig.endpointing). The end of an
+// utterance is read from the model's own output: no word for trailing_silence
+// after the last one. Every field is optional; unset or zero means the default.
+type EndpointingConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A pause at least this long after a word ends the utterance (200 ms to 10 s).
+	// The server decides once per streaming step (GetServerInfoResponse.stream_block),
+	// so the end comes within trailing_silence plus one step of the last word's end,
+	// in audio time. Default: 800 ms.
+	TrailingSilence *durationpb.Duration `protobuf:"bytes,1,opt,name=trailing_silence,json=trailingSilence,proto3" json:"trailing_silence,omitempty"`
+	// An utterance is closed at the next word boundary once it has lasted this long,
+	// even without a pause (1 s to 300 s). Default: 30 s.
+	MaxUtterance *durationpb.Duration `protobuf:"bytes,2,opt,name=max_utterance,json=maxUtterance,proto3" json:"max_utterance,omitempty"`
+	// When true, the stream ends after its first utterance: the server sends
+	// SPEECH_EVENT_END_OF_SINGLE_UTTERANCE with the utterance, then the final
+	// response (whose transcript is that utterance's), and ends the call OK,
+	// ignoring any audio after it. Meant for voice commands.
+	SingleUtterance bool `protobuf:"varint,3,opt,name=single_utterance,json=singleUtterance,proto3" json:"single_utterance,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EndpointingConfig) Reset() {
+	*x = EndpointingConfig{}
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointingConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointingConfig) ProtoMessage() {}
+
+func (x *EndpointingConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointingConfig.ProtoReflect.Descriptor instead.
+func (*EndpointingConfig) Descriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EndpointingConfig) GetTrailingSilence() *durationpb.Duration {
+	if x != nil {
+		return x.TrailingSilence
+	}
+	return nil
+}
+
+func (x *EndpointingConfig) GetMaxUtterance() *durationpb.Duration {
+	if x != nil {
+		return x.MaxUtterance
+	}
+	return nil
+}
+
+func (x *EndpointingConfig) GetSingleUtterance() bool {
+	if x != nil {
+		return x.SingleUtterance
+	}
+	return false
+}
+
+// One utterance of an endpointed stream: final once sent, it never changes.
+// Together, a stream's utterances hold every word of its final transcript once,
+// in order, and their texts joined by spaces are its finalized_text.
+type Utterance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 for the stream's first utterance, then 1, 2, ...
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// What was said, times from the stream's start. The streaming decoder's words,
+	// or one full-context pass over the utterance's audio where finalization_mode
+	// asks for full context (AUTO: utterances up to auto_full_context_limit).
+	Transcript *Transcript `protobuf:"bytes,2,opt,name=transcript,proto3" json:"transcript,omitempty"`
+	// The stream audio the utterance covers, from the stream's start: it starts
+	// where the previous one ended (or, after a long silence, shortly before its
+	// first word) and ends inside the pause after its last word.
+	AudioStart *durationpb.Duration `protobuf:"bytes,3,opt,name=audio_start,json=audioStart,proto3" json:"audio_start,omitempty"`
+	// End of the audio the utterance covers, from the stream's start.
+	AudioEnd *durationpb.Duration `protobuf:"bytes,4,opt,name=audio_end,json=audioEnd,proto3" json:"audio_end,omitempty"`
+	// Why it was closed.
+	EndReason Utterance_EndReason `protobuf:"varint,5,opt,name=end_reason,json=endReason,proto3,enum=parakeet.v1.Utterance_EndReason" json:"end_reason,omitempty"`
+	// How much of the stream's audio the server had decoded when it closed the
+	// utterance, from the stream's start: the end of the last word plus at least
+	// trailing_silence, rounded up to the next streaming step.
+	ClosedAt *durationpb.Duration `protobuf:"bytes,6,opt,name=closed_at,json=closedAt,proto3" json:"closed_at,omitempty"`
+	// Seconds from the audio at the end of the utterance's last word reaching the
+	// server to this response being sent (the pause the server waited for, the
+	// step and any full-context pass).
+	EndOfSpeechLatencySeconds float64 `protobuf:"fixed64,7,opt,name=end_of_speech_latency_seconds,json=endOfSpeechLatencySeconds,proto3" json:"end_of_speech_latency_seconds,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
+func (x *Utterance) Reset() {
+	*x = Utterance{}
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Utterance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Utterance) ProtoMessage() {}
+
+func (x *Utterance) ProtoReflect() protoreflect.Message {
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Utterance.ProtoReflect.Descriptor instead.
+func (*Utterance) Descriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Utterance) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Utterance) GetTranscript() *Transcript {
+	if x != nil {
+		return x.Transcript
+	}
+	return nil
+}
+
+func (x *Utterance) GetAudioStart() *durationpb.Duration {
+	if x != nil {
+		return x.AudioStart
+	}
+	return nil
+}
+
+func (x *Utterance) GetAudioEnd() *durationpb.Duration {
+	if x != nil {
+		return x.AudioEnd
+	}
+	return nil
+}
+
+func (x *Utterance) GetEndReason() Utterance_EndReason {
+	if x != nil {
+		return x.EndReason
+	}
+	return Utterance_END_REASON_UNSPECIFIED
+}
+
+func (x *Utterance) GetClosedAt() *durationpb.Duration {
+	if x != nil {
+		return x.ClosedAt
+	}
+	return nil
+}
+
+func (x *Utterance) GetEndOfSpeechLatencySeconds() float64 {
+	if x != nil {
+		return x.EndOfSpeechLatencySeconds
+	}
+	return 0
+}
+
 var File_parakeet_v1_transcription_proto protoreflect.FileDescriptor
 
 const file_parakeet_v1_transcription_proto_rawDesc = "" +
@@ -2072,16 +2416,17 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	" \x01(\x01R\x10inferenceSeconds\x12&\n" +
 	"\x0faudio_cache_hit\x18\v \x01(\bR\raudioCacheHit\x12\x1f\n" +
 	"\vchunk_count\x18\f \x01(\x05R\n" +
-	"chunkCount\"\xf5\x01\n" +
+	"chunkCount\"\xb7\x02\n" +
 	"\x0fStreamingConfig\x120\n" +
 	"\x06format\x18\x01 \x01(\v2\x18.parakeet.v1.AudioFormatR\x06format\x12'\n" +
 	"\x0finterim_results\x18\x02 \x01(\bR\x0einterimResults\x12;\n" +
 	"\aoptions\x18\x03 \x01(\v2!.parakeet.v1.TranscriptionOptionsR\aoptions\x12J\n" +
-	"\x11finalization_mode\x18\x04 \x01(\x0e2\x1d.parakeet.v1.FinalizationModeR\x10finalizationMode\"w\n" +
+	"\x11finalization_mode\x18\x04 \x01(\x0e2\x1d.parakeet.v1.FinalizationModeR\x10finalizationMode\x12@\n" +
+	"\vendpointing\x18\x05 \x01(\v2\x1e.parakeet.v1.EndpointingConfigR\vendpointing\"w\n" +
 	"\x1aStreamingTranscribeRequest\x126\n" +
 	"\x06config\x18\x01 \x01(\v2\x1c.parakeet.v1.StreamingConfigH\x00R\x06config\x12\x16\n" +
 	"\x05audio\x18\x02 \x01(\fH\x00R\x05audioB\t\n" +
-	"\arequest\"\xe8\x02\n" +
+	"\arequest\"\xa6\x04\n" +
 	"\x1bStreamingTranscribeResponse\x12%\n" +
 	"\x0efinalized_text\x18\x01 \x01(\tR\rfinalizedText\x12\x1d\n" +
 	"\n" +
@@ -2092,7 +2437,11 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"transcript\x18\x05 \x01(\v2\x17.parakeet.v1.TranscriptR\n" +
 	"transcript\x125\n" +
 	"\ametrics\x18\x06 \x01(\v2\x1b.parakeet.v1.RequestMetricsR\ametrics\x12@\n" +
-	"\x1cfinalization_latency_seconds\x18\a \x01(\x01R\x1afinalizationLatencySeconds\"\x16\n" +
+	"\x1cfinalization_latency_seconds\x18\a \x01(\x01R\x1afinalizationLatencySeconds\x12;\n" +
+	"\fspeech_event\x18\b \x01(\x0e2\x18.parakeet.v1.SpeechEventR\vspeechEvent\x124\n" +
+	"\tutterance\x18\t \x01(\v2\x16.parakeet.v1.UtteranceR\tutterance\x12I\n" +
+	"\x13speech_event_offset\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x11speechEventOffset\"\x16\n" +
 	"\x14GetServerInfoRequest\"\xff\x0f\n" +
 	"\x15GetServerInfoResponse\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x125\n" +
@@ -2153,7 +2502,28 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\tdisk_hits\x18\a \x01(\x03R\bdiskHits\x12#\n" +
 	"\rdisk_rejected\x18\b \x01(\x03R\fdiskRejected\x12\x1f\n" +
 	"\vdisk_errors\x18\t \x01(\x03R\n" +
-	"diskErrors*g\n" +
+	"diskErrors\"\xc4\x01\n" +
+	"\x11EndpointingConfig\x12D\n" +
+	"\x10trailing_silence\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ftrailingSilence\x12>\n" +
+	"\rmax_utterance\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\fmaxUtterance\x12)\n" +
+	"\x10single_utterance\x18\x03 \x01(\bR\x0fsingleUtterance\"\x86\x04\n" +
+	"\tUtterance\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x127\n" +
+	"\n" +
+	"transcript\x18\x02 \x01(\v2\x17.parakeet.v1.TranscriptR\n" +
+	"transcript\x12:\n" +
+	"\vaudio_start\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"audioStart\x126\n" +
+	"\taudio_end\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\baudioEnd\x12?\n" +
+	"\n" +
+	"end_reason\x18\x05 \x01(\x0e2 .parakeet.v1.Utterance.EndReasonR\tendReason\x126\n" +
+	"\tclosed_at\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bclosedAt\x12@\n" +
+	"\x1dend_of_speech_latency_seconds\x18\a \x01(\x01R\x19endOfSpeechLatencySeconds\"{\n" +
+	"\tEndReason\x12\x1a\n" +
+	"\x16END_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12END_REASON_SILENCE\x10\x01\x12\x1c\n" +
+	"\x18END_REASON_MAX_UTTERANCE\x10\x02\x12\x1c\n" +
+	"\x18END_REASON_END_OF_STREAM\x10\x03*g\n" +
 	"\x0eDecodingMethod\x12\x1f\n" +
 	"\x1bDECODING_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DECODING_METHOD_GREEDY\x10\x01\x12\x18\n" +
@@ -2168,7 +2538,12 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\x0eMODEL_KIND_TDT\x10\x01\x12\x13\n" +
 	"\x0fMODEL_KIND_RNNT\x10\x02\x12\x12\n" +
 	"\x0eMODEL_KIND_CTC\x10\x03\x12\x16\n" +
-	"\x12MODEL_KIND_TDT_CTC\x10\x042\x88\x03\n" +
+	"\x12MODEL_KIND_TDT_CTC\x10\x04*\x97\x01\n" +
+	"\vSpeechEvent\x12\x1c\n" +
+	"\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19SPEECH_EVENT_SPEECH_BEGIN\x10\x01\x12!\n" +
+	"\x1dSPEECH_EVENT_END_OF_UTTERANCE\x10\x02\x12(\n" +
+	"$SPEECH_EVENT_END_OF_SINGLE_UTTERANCE\x10\x032\x88\x03\n" +
 	"\x14TranscriptionService\x12M\n" +
 	"\n" +
 	"Transcribe\x12\x1e.parakeet.v1.TranscribeRequest\x1a\x1f.parakeet.v1.TranscribeResponse\x12[\n" +
@@ -2188,87 +2563,102 @@ func file_parakeet_v1_transcription_proto_rawDescGZIP() []byte {
 	return file_parakeet_v1_transcription_proto_rawDescData
 }
 
-var file_parakeet_v1_transcription_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_parakeet_v1_transcription_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_parakeet_v1_transcription_proto_goTypes = []any{
 	(DecodingMethod)(0),                 // 0: parakeet.v1.DecodingMethod
 	(FinalizationMode)(0),               // 1: parakeet.v1.FinalizationMode
 	(ModelKind)(0),                      // 2: parakeet.v1.ModelKind
-	(AudioFormat_Encoding)(0),           // 3: parakeet.v1.AudioFormat.Encoding
-	(*AudioFormat)(nil),                 // 4: parakeet.v1.AudioFormat
-	(*TranscriptionOptions)(nil),        // 5: parakeet.v1.TranscriptionOptions
-	(*SegmentationOptions)(nil),         // 6: parakeet.v1.SegmentationOptions
-	(*TranscribeRequest)(nil),           // 7: parakeet.v1.TranscribeRequest
-	(*TranscribeResponse)(nil),          // 8: parakeet.v1.TranscribeResponse
-	(*TranscribeLongRequest)(nil),       // 9: parakeet.v1.TranscribeLongRequest
-	(*TranscribeLongResponse)(nil),      // 10: parakeet.v1.TranscribeLongResponse
-	(*Transcript)(nil),                  // 11: parakeet.v1.Transcript
-	(*Segment)(nil),                     // 12: parakeet.v1.Segment
-	(*Word)(nil),                        // 13: parakeet.v1.Word
-	(*RequestMetrics)(nil),              // 14: parakeet.v1.RequestMetrics
-	(*StreamingConfig)(nil),             // 15: parakeet.v1.StreamingConfig
-	(*StreamingTranscribeRequest)(nil),  // 16: parakeet.v1.StreamingTranscribeRequest
-	(*StreamingTranscribeResponse)(nil), // 17: parakeet.v1.StreamingTranscribeResponse
-	(*GetServerInfoRequest)(nil),        // 18: parakeet.v1.GetServerInfoRequest
-	(*GetServerInfoResponse)(nil),       // 19: parakeet.v1.GetServerInfoResponse
-	(*CacheStats)(nil),                  // 20: parakeet.v1.CacheStats
-	nil,                                 // 21: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(SpeechEvent)(0),                    // 3: parakeet.v1.SpeechEvent
+	(AudioFormat_Encoding)(0),           // 4: parakeet.v1.AudioFormat.Encoding
+	(Utterance_EndReason)(0),            // 5: parakeet.v1.Utterance.EndReason
+	(*AudioFormat)(nil),                 // 6: parakeet.v1.AudioFormat
+	(*TranscriptionOptions)(nil),        // 7: parakeet.v1.TranscriptionOptions
+	(*SegmentationOptions)(nil),         // 8: parakeet.v1.SegmentationOptions
+	(*TranscribeRequest)(nil),           // 9: parakeet.v1.TranscribeRequest
+	(*TranscribeResponse)(nil),          // 10: parakeet.v1.TranscribeResponse
+	(*TranscribeLongRequest)(nil),       // 11: parakeet.v1.TranscribeLongRequest
+	(*TranscribeLongResponse)(nil),      // 12: parakeet.v1.TranscribeLongResponse
+	(*Transcript)(nil),                  // 13: parakeet.v1.Transcript
+	(*Segment)(nil),                     // 14: parakeet.v1.Segment
+	(*Word)(nil),                        // 15: parakeet.v1.Word
+	(*RequestMetrics)(nil),              // 16: parakeet.v1.RequestMetrics
+	(*StreamingConfig)(nil),             // 17: parakeet.v1.StreamingConfig
+	(*StreamingTranscribeRequest)(nil),  // 18: parakeet.v1.StreamingTranscribeRequest
+	(*StreamingTranscribeResponse)(nil), // 19: parakeet.v1.StreamingTranscribeResponse
+	(*GetServerInfoRequest)(nil),        // 20: parakeet.v1.GetServerInfoRequest
+	(*GetServerInfoResponse)(nil),       // 21: parakeet.v1.GetServerInfoResponse
+	(*CacheStats)(nil),                  // 22: parakeet.v1.CacheStats
+	(*EndpointingConfig)(nil),           // 23: parakeet.v1.EndpointingConfig
+	(*Utterance)(nil),                   // 24: parakeet.v1.Utterance
+	nil,                                 // 25: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	(*durationpb.Duration)(nil),         // 26: google.protobuf.Duration
 }
 var file_parakeet_v1_transcription_proto_depIdxs = []int32{
-	3,  // 0: parakeet.v1.AudioFormat.encoding:type_name -> parakeet.v1.AudioFormat.Encoding
+	4,  // 0: parakeet.v1.AudioFormat.encoding:type_name -> parakeet.v1.AudioFormat.Encoding
 	0,  // 1: parakeet.v1.TranscriptionOptions.decoding_method:type_name -> parakeet.v1.DecodingMethod
-	6,  // 2: parakeet.v1.TranscriptionOptions.segmentation:type_name -> parakeet.v1.SegmentationOptions
-	22, // 3: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
-	22, // 4: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
-	4,  // 5: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 6: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	11, // 7: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 8: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	4,  // 9: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 10: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	12, // 11: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
-	11, // 12: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 13: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	12, // 14: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
-	22, // 15: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
-	22, // 16: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
-	13, // 17: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
-	22, // 18: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
-	22, // 19: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
-	4,  // 20: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 21: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
+	8,  // 2: parakeet.v1.TranscriptionOptions.segmentation:type_name -> parakeet.v1.SegmentationOptions
+	26, // 3: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
+	26, // 4: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
+	6,  // 5: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 6: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	13, // 7: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 8: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	6,  // 9: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 10: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	14, // 11: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
+	13, // 12: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 13: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	14, // 14: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
+	26, // 15: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
+	26, // 16: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
+	15, // 17: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
+	26, // 18: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
+	26, // 19: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
+	6,  // 20: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 21: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
 	1,  // 22: parakeet.v1.StreamingConfig.finalization_mode:type_name -> parakeet.v1.FinalizationMode
-	15, // 23: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
-	11, // 24: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 25: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	2,  // 26: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
-	22, // 27: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
-	22, // 28: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
-	22, // 29: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	21, // 30: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	22, // 31: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
-	22, // 32: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
-	22, // 33: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
-	22, // 34: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
-	22, // 35: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
-	20, // 36: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
-	20, // 37: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
-	22, // 38: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
-	22, // 39: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
-	7,  // 40: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
-	9,  // 41: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
-	16, // 42: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
-	18, // 43: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
-	8,  // 44: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
-	10, // 45: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
-	17, // 46: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
-	19, // 47: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
-	44, // [44:48] is the sub-list for method output_type
-	40, // [40:44] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	23, // 23: parakeet.v1.StreamingConfig.endpointing:type_name -> parakeet.v1.EndpointingConfig
+	17, // 24: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
+	13, // 25: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 26: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	3,  // 27: parakeet.v1.StreamingTranscribeResponse.speech_event:type_name -> parakeet.v1.SpeechEvent
+	24, // 28: parakeet.v1.StreamingTranscribeResponse.utterance:type_name -> parakeet.v1.Utterance
+	26, // 29: parakeet.v1.StreamingTranscribeResponse.speech_event_offset:type_name -> google.protobuf.Duration
+	2,  // 30: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
+	26, // 31: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
+	26, // 32: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
+	26, // 33: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	25, // 34: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	26, // 35: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
+	26, // 36: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
+	26, // 37: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
+	26, // 38: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
+	26, // 39: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
+	22, // 40: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
+	22, // 41: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
+	26, // 42: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
+	26, // 43: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
+	26, // 44: parakeet.v1.EndpointingConfig.trailing_silence:type_name -> google.protobuf.Duration
+	26, // 45: parakeet.v1.EndpointingConfig.max_utterance:type_name -> google.protobuf.Duration
+	13, // 46: parakeet.v1.Utterance.transcript:type_name -> parakeet.v1.Transcript
+	26, // 47: parakeet.v1.Utterance.audio_start:type_name -> google.protobuf.Duration
+	26, // 48: parakeet.v1.Utterance.audio_end:type_name -> google.protobuf.Duration
+	5,  // 49: parakeet.v1.Utterance.end_reason:type_name -> parakeet.v1.Utterance.EndReason
+	26, // 50: parakeet.v1.Utterance.closed_at:type_name -> google.protobuf.Duration
+	9,  // 51: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
+	11, // 52: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
+	18, // 53: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
+	20, // 54: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
+	10, // 55: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
+	12, // 56: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
+	19, // 57: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
+	21, // 58: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
+	55, // [55:59] is the sub-list for method output_type
+	51, // [51:55] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_parakeet_v1_transcription_proto_init() }
@@ -2286,8 +2676,8 @@ func file_parakeet_v1_transcription_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parakeet_v1_transcription_proto_rawDesc), len(file_parakeet_v1_transcription_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   18,
+			NumEnums:      6,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,13 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_RNNT: _ClassVar[ModelKind]
     MODEL_KIND_CTC: _ClassVar[ModelKind]
     MODEL_KIND_TDT_CTC: _ClassVar[ModelKind]
+
+class SpeechEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPEECH_EVENT_UNSPECIFIED: _ClassVar[SpeechEvent]
+    SPEECH_EVENT_SPEECH_BEGIN: _ClassVar[SpeechEvent]
+    SPEECH_EVENT_END_OF_UTTERANCE: _ClassVar[SpeechEvent]
+    SPEECH_EVENT_END_OF_SINGLE_UTTERANCE: _ClassVar[SpeechEvent]
 DECODING_METHOD_UNSPECIFIED: DecodingMethod
 DECODING_METHOD_GREEDY: DecodingMethod
 DECODING_METHOD_BEAM: DecodingMethod
@@ -42,6 +49,10 @@ MODEL_KIND_TDT: ModelKind
 MODEL_KIND_RNNT: ModelKind
 MODEL_KIND_CTC: ModelKind
 MODEL_KIND_TDT_CTC: ModelKind
+SPEECH_EVENT_UNSPECIFIED: SpeechEvent
+SPEECH_EVENT_SPEECH_BEGIN: SpeechEvent
+SPEECH_EVENT_END_OF_UTTERANCE: SpeechEvent
+SPEECH_EVENT_END_OF_SINGLE_UTTERANCE: SpeechEvent
 
 class AudioFormat(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "channel_count")
@@ -204,16 +215,18 @@ class RequestMetrics(_message.Message):
     def __init__(self, audio_seconds: _Optional[float] = ..., processing_seconds: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., word_count: _Optional[int] = ..., words_per_second: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., milliseconds_per_word: _Optional[float] = ..., audio_decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., audio_cache_hit: _Optional[bool] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
 class StreamingConfig(_message.Message):
-    __slots__ = ("format", "interim_results", "options", "finalization_mode")
+    __slots__ = ("format", "interim_results", "options", "finalization_mode", "endpointing")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     FINALIZATION_MODE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTING_FIELD_NUMBER: _ClassVar[int]
     format: AudioFormat
     interim_results: bool
     options: TranscriptionOptions
     finalization_mode: FinalizationMode
-    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ..., finalization_mode: _Optional[_Union[FinalizationMode, str]] = ...) -> None: ...
+    endpointing: EndpointingConfig
+    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., options: _Optional[_Union[TranscriptionOptions, _Mapping]] = ..., finalization_mode: _Optional[_Union[FinalizationMode, str]] = ..., endpointing: _Optional[_Union[EndpointingConfig, _Mapping]] = ...) -> None: ...
 
 class StreamingTranscribeRequest(_message.Message):
     __slots__ = ("config", "audio")
@@ -224,7 +237,7 @@ class StreamingTranscribeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamingConfig, _Mapping]] = ..., audio: _Optional[bytes] = ...) -> None: ...
 
 class StreamingTranscribeResponse(_message.Message):
-    __slots__ = ("finalized_text", "draft_text", "is_final", "audio_processed_seconds", "transcript", "metrics", "finalization_latency_seconds")
+    __slots__ = ("finalized_text", "draft_text", "is_final", "audio_processed_seconds", "transcript", "metrics", "finalization_latency_seconds", "speech_event", "utterance", "speech_event_offset")
     FINALIZED_TEXT_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TEXT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +245,9 @@ class StreamingTranscribeResponse(_message.Message):
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FINALIZATION_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     finalized_text: str
     draft_text: str
     is_final: bool
@@ -239,7 +255,10 @@ class StreamingTranscribeResponse(_message.Message):
     transcript: Transcript
     metrics: RequestMetrics
     finalization_latency_seconds: float
-    def __init__(self, finalized_text: _Optional[str] = ..., draft_text: _Optional[str] = ..., is_final: _Optional[bool] = ..., audio_processed_seconds: _Optional[float] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., finalization_latency_seconds: _Optional[float] = ...) -> None: ...
+    speech_event: SpeechEvent
+    utterance: Utterance
+    speech_event_offset: _duration_pb2.Duration
+    def __init__(self, finalized_text: _Optional[str] = ..., draft_text: _Optional[str] = ..., is_final: _Optional[bool] = ..., audio_processed_seconds: _Optional[float] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., metrics: _Optional[_Union[RequestMetrics, _Mapping]] = ..., finalization_latency_seconds: _Optional[float] = ..., speech_event: _Optional[_Union[SpeechEvent, str]] = ..., utterance: _Optional[_Union[Utterance, _Mapping]] = ..., speech_event_offset: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -355,3 +374,41 @@ class CacheStats(_message.Message):
     disk_rejected: int
     disk_errors: int
     def __init__(self, max_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., disk_hits: _Optional[int] = ..., disk_rejected: _Optional[int] = ..., disk_errors: _Optional[int] = ...) -> None: ...
+
+class EndpointingConfig(_message.Message):
+    __slots__ = ("trailing_silence", "max_utterance", "single_utterance")
+    TRAILING_SILENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
+    trailing_silence: _duration_pb2.Duration
+    max_utterance: _duration_pb2.Duration
+    single_utterance: bool
+    def __init__(self, trailing_silence: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_utterance: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., single_utterance: _Optional[bool] = ...) -> None: ...
+
+class Utterance(_message.Message):
+    __slots__ = ("index", "transcript", "audio_start", "audio_end", "end_reason", "closed_at", "end_of_speech_latency_seconds")
+    class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        END_REASON_UNSPECIFIED: _ClassVar[Utterance.EndReason]
+        END_REASON_SILENCE: _ClassVar[Utterance.EndReason]
+        END_REASON_MAX_UTTERANCE: _ClassVar[Utterance.EndReason]
+        END_REASON_END_OF_STREAM: _ClassVar[Utterance.EndReason]
+    END_REASON_UNSPECIFIED: Utterance.EndReason
+    END_REASON_SILENCE: Utterance.EndReason
+    END_REASON_MAX_UTTERANCE: Utterance.EndReason
+    END_REASON_END_OF_STREAM: Utterance.EndReason
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_START_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_END_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    END_OF_SPEECH_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    transcript: Transcript
+    audio_start: _duration_pb2.Duration
+    audio_end: _duration_pb2.Duration
+    end_reason: Utterance.EndReason
+    closed_at: _duration_pb2.Duration
+    end_of_speech_latency_seconds: float
+    def __init__(self, index: _Optional[int] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., audio_start: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_end: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_reason: _Optional[_Union[Utterance.EndReason, str]] = ..., closed_at: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_of_speech_latency_seconds: _Optional[float] = ...) -> None: ...
