@@ -47,7 +47,13 @@ from common import checkpoint, speechlike, start_server
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.ops.proc import tree_resident_bytes
-from parakeet_server.testing.memory import MemoryProbe, MemoryReport, describe_site, grown_sites
+from parakeet_server.testing.memory import (
+    MemoryProbe,
+    MemoryReport,
+    describe_site,
+    grown_sites,
+    wait_quiet,
+)
 
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32
 MESSAGE_SECONDS = 0.1
@@ -200,12 +206,7 @@ def quiesce(
 ) -> tuple[MemoryReport, int]:
     """Pauses the load, waits for the server to drain, takes a report; resumes nothing."""
     load.pause()
-    deadline = time.monotonic() + 120
-    while stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).active_streams:
-        if time.monotonic() > deadline:
-            raise TimeoutError("streams stayed open 120 s after every client had finished")
-        time.sleep(0.2)
-    time.sleep(1.0)  # the last replies' bookkeeping (releases, trims) settles
+    wait_quiet(stub)
     return probe.report(), tree_resident_bytes(pid)
 
 

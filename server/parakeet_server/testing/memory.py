@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
+from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
+
 PACKAGE_FILES = "*/parakeet_server/*"
 
 
@@ -48,6 +51,19 @@ class MemoryReport:
             raise ValueError("this report has no tracemalloc snapshot (set PYTHONTRACEMALLOC)")
         ours = snapshot.filter_traces([tracemalloc.Filter(True, pattern, all_frames=True)])
         return sum(stat.size for stat in ours.statistics("filename"))
+
+
+def wait_quiet(
+    stub: pb_grpc.TranscriptionServiceStub, timeout: float = 120.0, settle: float = 1.5
+) -> None:
+    """Returns once the server has no stream open (a cancelled one closes asynchronously),
+    and `settle` seconds more for the last replies' bookkeeping (releases, heap trims)."""
+    deadline = time.monotonic() + timeout
+    while stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).active_streams:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"streams stayed open {timeout:g} s after the clients finished")
+        time.sleep(0.1)
+    time.sleep(settle)
 
 
 class MemoryProbe:

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import traceback
+import tracemalloc
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -130,6 +131,9 @@ def child_main(connection: Connection, spec: ModelSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # PYTHONTRACEMALLOC is for the server process (ops/memory_report.py); here it would only
+    # slow the model's loading and steps several times over.
+    tracemalloc.stop()
     from parakeet_server.ops.logs import configure_logging
 
     configure_logging(spec.log_level, spec.log_format)
