@@ -150,9 +150,11 @@ def stream(
     channels: int = 1,
     encoding: pb.AudioFormat.Encoding = pb.AudioFormat.ENCODING_LINEAR16,
     timeout: float = 300,
+    pieces: list[bytes] | None = None,
     **options: object,
 ) -> list[pb.StreamingTranscribeResponse]:
-    """Streams `pcm` in pieces of `chunk_bytes`, as fast as possible; returns every response."""
+    """Streams `pcm` in pieces of `chunk_bytes` (or the given `pieces`, which join to `pcm`),
+    as fast as possible; returns every response."""
     config = pb.StreamingConfig(
         format=pb.AudioFormat(
             encoding=encoding, sample_rate_hertz=sample_rate, channel_count=channels
@@ -164,7 +166,11 @@ def stream(
 
     def requests() -> Iterator[pb.StreamingTranscribeRequest]:
         yield pb.StreamingTranscribeRequest(config=config)
-        for start in range(0, len(pcm), chunk_bytes):
-            yield pb.StreamingTranscribeRequest(audio=pcm[start : start + chunk_bytes])
+        for piece in pieces:
+            yield pb.StreamingTranscribeRequest(audio=piece)
+
+    if pieces is None:
+        pieces = [pcm[start : start + chunk_bytes] for start in range(0, len(pcm), chunk_bytes)]
+    assert b"".join(pieces) == pcm
 
     return list(stub.StreamingTranscribe(requests(), timeout=timeout))
