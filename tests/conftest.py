@@ -164,13 +164,14 @@ def stream(
         options=pb.TranscriptionOptions(**options),  # type: ignore[arg-type]
     )
 
-    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
-        yield pb.StreamingTranscribeRequest(config=config)
-        for piece in pieces:
-            yield pb.StreamingTranscribeRequest(audio=piece)
-
     if pieces is None:
         pieces = [pcm[start : start + chunk_bytes] for start in range(0, len(pcm), chunk_bytes)]
     assert b"".join(pieces) == pcm
+    messages = pieces
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield pb.StreamingTranscribeRequest(config=config)
+        for piece in messages:
+            yield pb.StreamingTranscribeRequest(audio=piece)
 
     return list(stub.StreamingTranscribe(requests(), timeout=timeout))
