@@ -291,6 +291,10 @@ def test_beam_search_needs_full_context(stub: pb_grpc.TranscriptionServiceStub, 
     )
     full = stream(stub, pcm, mode=FULL_CONTEXT, decoding_method=beam, beam_size=2)
     assert _final(full).transcript == unary.transcript
+    # ... and it is beam search that ran: on this sentence greedy decoding finds another text
+    # (tests/test_transcribe.py shows the two apart).
+    greedy = _final(stream(stub, pcm, mode=FULL_CONTEXT)).transcript
+    assert _final(full).transcript.text != greedy.text
 
 
 def _active_streams(stub: pb_grpc.TranscriptionServiceStub) -> int:
