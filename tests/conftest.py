@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,13 @@ TRAINED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
 sys.path.insert(0, str(TRAINED_MODEL.parents[2] / "tools" / "train_tiny"))
 
 SENTENCE = "Please schedule the meeting for Tuesday at ten thirty, and invite the whole team."
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `at_end` run after all the others: each collects the outcome of something
+    a fixture began earlier and left running on its own (a minute of silence), so that the
+    wait overlaps the rest of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("at_end") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +126,18 @@ def details(error: grpc.RpcError) -> str:
     message = error.details()
     assert message is not None, error.code()
     return message
+
+
+@contextlib.contextmanager
+def model_stalled(server: RunningServer) -> Iterator[None]:
+    """Freezes the server's model process (SIGSTOP) so that work waits at a known place: the
+    call it was given stays running, everything after it stays queued. SIGCONT at the end."""
+    worker = server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(worker, signal.SIGCONT)
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import transcribe
+from conftest import model_stalled, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.testing.launcher import RunningServer, start_server
@@ -136,18 +133,6 @@ def test_bad_audio_ends_the_call_with_invalid_argument(long_server: RunningServe
     assert "could not decode" in (caught.value.details() or "")
 
 
-@contextlib.contextmanager
-def _model_stalled(server: RunningServer) -> Iterator[None]:
-    """Freezes the model process (SIGSTOP) so that work waits at a known place: the job it was
-    given stays running, everything after it stays queued. SIGCONT at the end."""
-    worker = server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
-    os.kill(worker, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(worker, signal.SIGCONT)
-
-
 def _ended(server: RunningServer, request_id: str, status: str) -> tuple[int, int]:
     """The chunks done and the total from the log line that ended a request with `status`."""
     line = server.wait_for(
@@ -167,7 +152,7 @@ def test_a_passed_deadline_stops_the_recording_at_the_next_chunk(
     call = long_server.stub().TranscribeLong(pb.TranscribeLongRequest(audio=audio), timeout=3)
     request_id = next(call).request_id  # the total, sent before any chunk
     assert next(call).audio_processed_seconds > 0  # the first chunk is done
-    with _model_stalled(long_server), pytest.raises(grpc.RpcError) as caught:
+    with model_stalled(long_server), pytest.raises(grpc.RpcError) as caught:
         list(call)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server's own timer, started when the request arrived, may go off after the client's
@@ -184,7 +169,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(
     stub = long_server.stub()
     before = scrape(long_server)
     finished: list[pb.TranscribeLongResponse] = []
-    with _model_stalled(long_server):
+    with model_stalled(long_server):
         # A long recording's first chunk goes to the frozen model and stays there ...
         ahead = threading.Thread(target=lambda: finished.extend(_long(stub, long_wav)))
         ahead.start()
@@ -219,7 +204,7 @@ def test_a_cancelled_call_stops_its_recording(long_server: RunningServer, long_w
     call = stub.TranscribeLong(pb.TranscribeLongRequest(audio=long_wav), timeout=300)
     request_id = next(call).request_id
     assert next(call).audio_processed_seconds > 0  # the first chunk is done
-    with _model_stalled(long_server):
+    with model_stalled(long_server):
         call.cancel()
         done, total = _ended(long_server, request_id, "CANCELLED")
     assert 1 <= done < total
