@@ -130,7 +130,7 @@ def run_config(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.TranscriptionServiceStub(channel)
-            paced_stream(stub, pcm16(3.0, 99))  # first-use costs out of the way
+            paced_stream(stub, pcm16(min(3.0, args.seconds), 99))  # first-use costs out of the way
             for count in args.streams:
                 figures = streams_at_once(stub, count, args.seconds, args.stagger)
                 finals = [f.time_to_final for f in figures]

@@ -234,14 +234,18 @@ def main() -> None:
         served = server_times(
             model, tmp / "server.log", args.lengths, args.repeats, args.long_repeats
         )
-        batched = server_times(
-            model,
-            tmp / "batched.log",
-            long_lengths,
-            args.repeats,
-            args.long_repeats,
-            "--chunk-batch-size",
-            str(args.batch_size),
+        batched = (
+            server_times(
+                model,
+                tmp / "batched.log",
+                long_lengths,
+                args.repeats,
+                args.long_repeats,
+                "--chunk-batch-size",
+                str(args.batch_size),
+            )
+            if long_lengths
+            else {}  # no length above one chunk: nothing to batch
         )
         cli = {
             s: cli_time(model, s, args.repeats, args.long_repeats, tmp)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,13 @@ TRAINED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-ctc-espeak"
 sys.path.insert(0, str(TRAINED_MODEL.parents[2] / "tools" / "train_tiny"))
 
 SENTENCE = "Please schedule the meeting for Tuesday at ten thirty, and invite the whole team."
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `at_end` run after all the others: each collects the outcome of something
+    a fixture began earlier and left running on its own (a minute of silence), so that the
+    wait overlaps the rest of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("at_end") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +144,18 @@ def details(error: grpc.RpcError) -> str:
     return message
 
 
+@contextlib.contextmanager
+def model_stalled(server: RunningServer) -> Iterator[None]:
+    """Freezes the server's model process (SIGSTOP) so that work waits at a known place: the
+    call it was given stays running, everything after it stays queued. SIGCONT at the end."""
+    worker = server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on."""
@@ -166,9 +188,11 @@ def stream(
     channels: int = 1,
     encoding: pb.AudioFormat.Encoding = pb.AudioFormat.ENCODING_LINEAR16,
     timeout: float = 300,
+    pieces: list[bytes] | None = None,
     **options: object,
 ) -> list[pb.StreamingTranscribeResponse]:
-    """Streams `pcm` in pieces of `chunk_bytes`, as fast as possible; returns every response."""
+    """Streams `pcm` in pieces of `chunk_bytes` (or the given `pieces`, which join to `pcm`),
+    as fast as possible; returns every response."""
     config = pb.StreamingConfig(
         format=pb.AudioFormat(
             encoding=encoding, sample_rate_hertz=sample_rate, channel_count=channels
@@ -178,9 +202,14 @@ def stream(
         options=pb.TranscriptionOptions(**options),  # type: ignore[arg-type]
     )
 
+    if pieces is None:
+        pieces = [pcm[start : start + chunk_bytes] for start in range(0, len(pcm), chunk_bytes)]
+    assert b"".join(pieces) == pcm
+    messages = pieces
+
     def requests() -> Iterator[pb.StreamingTranscribeRequest]:
         yield pb.StreamingTranscribeRequest(config=config)
-        for start in range(0, len(pcm), chunk_bytes):
-            yield pb.StreamingTranscribeRequest(audio=pcm[start : start + chunk_bytes])
+        for piece in messages:
+            yield pb.StreamingTranscribeRequest(audio=piece)
 
     return list(stub.StreamingTranscribe(requests(), timeout=timeout))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import model_stalled
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.testing.launcher import RunningServer, start_server
 from scrape import scrape, scrape_until, value
@@ -50,7 +52,7 @@ def _long_wav(seconds: float) -> bytes:
 def test_a_burst_beyond_the_queue_is_refused_without_decoding_its_audio(
     queue_server: RunningServer,
 ) -> None:
-    audio = _long_wav(300)  # 9.6 MB: seconds of model time each on the tiny model
+    audio = _long_wav(30)  # 0.96 MB, 4 chunks of model time
     before = scrape(queue_server)
     stub = queue_server.stub()
     codes: list[grpc.StatusCode] = []
@@ -70,26 +72,34 @@ def test_a_burst_beyond_the_queue_is_refused_without_decoding_its_audio(
             messages.append(message)
 
     threads = [threading.Thread(target=call) for _ in range(BURST)]
+    # The model is frozen, so the first requests admitted hold the queue's places until the
+    # burst is over: exactly QUEUE are served, whatever the machine's speed.
+    with model_stalled(queue_server):
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(codes) < BURST - QUEUE:
+            assert time.monotonic() < deadline, codes
+            time.sleep(0.05)
     for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(600)
+        thread.join(120)
 
-    served = codes.count(grpc.StatusCode.OK)
-    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert served + refused == BURST, codes
-    assert served >= 1, codes
-    assert refused >= BURST - 2 * QUEUE, codes
-    assert any("requests are already queued for the model (limit 2)" in m for m in messages)
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == BURST - QUEUE, codes
+    assert codes.count(grpc.StatusCode.OK) == QUEUE, codes
+    assert all(
+        "requests are already queued for the model (limit 2)" in message
+        for code, message in zip(codes, messages, strict=True)
+        if code != grpc.StatusCode.OK
+    )
     after = scrape_until(
         queue_server,
         lambda s: (
             value(s, "parakeet_audio_decodes_total") - value(before, "parakeet_audio_decodes_total")
-            >= served
+            >= QUEUE
         ),
     )
     decoded = value(after, "parakeet_audio_decodes_total") - value(
         before, "parakeet_audio_decodes_total"
     )
     # Every served request was decoded once; no refused one was decoded at all.
-    assert decoded == served, (decoded, codes)
+    assert decoded == QUEUE, (decoded, codes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc
@@ -124,13 +125,17 @@ def test_bad_requests_are_invalid_argument(
     code: grpc.StatusCode,
     message: str,
 ) -> None:
+    logged = len(server.log())
     with pytest.raises(grpc.RpcError) as raised:
         transcribe(stub, audio, **fmt, **options)  # type: ignore[arg-type]
     assert raised.value.code() == code, raised.value.details()
     assert message.lower() in details(raised.value).lower()
-    # ... and the server still serves, and says in its log what went wrong.
+    # ... and the server still serves, and says in its log what went wrong: this request's
+    # line, with the status and the message the client got.
     assert transcribe(stub, speech_wav).transcript.segments
-    assert f"status={code.name}" in server.log()
+    said = re.escape(repr(details(raised.value)))
+    line = rf"rpc=Transcribe .*status={code.name}( chunks=\S+)? message={said}"
+    assert re.search(line, server.log()[logged:]), server.log()[logged:]
 
 
 def test_request_over_the_size_limit_is_resource_exhausted(
@@ -152,7 +157,7 @@ def test_audio_over_the_duration_limit_is_out_of_range(
         with pytest.raises(grpc.RpcError) as raised:
             transcribe(running.stub(), _silence(3), encoding=LINEAR16, sample_rate=16000)
         assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        assert "2" in details(raised.value)
+        assert "the audio is 3.0 s long; the limit is 2 s" in details(raised.value)
         ok = transcribe(running.stub(), _silence(1.5), encoding=LINEAR16, sample_rate=16000)
         assert ok.metrics.audio_seconds == pytest.approx(1.5)
     finally:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from conftest import stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.testing.launcher import RunningServer
 from test_hostile import assert_serving
@@ -39,6 +42,7 @@ CI = settings(max_examples=250, **_COMMON)  # type: ignore[arg-type]
 LONG = settings(max_examples=1500, **_COMMON)  # type: ignore[arg-type]
 
 Profile = Callable[[Callable[..., None]], Callable[..., None]]
+T = TypeVar("T")
 
 # --- formats: valid, edge and absurd values of every AudioFormat field ----------------------
 
@@ -76,16 +80,17 @@ def mutated(draw: st.DrawFn, files: dict[str, bytes]) -> bytes:
     return bytes(data)
 
 
-def _finish(call: Callable[[], object]) -> grpc.StatusCode:
-    code, details = grpc.StatusCode.OK, "ok"
+def _finish(call: Callable[[], T]) -> tuple[grpc.StatusCode, T | None]:
+    """The call's status (one a client can act on) and, when OK, what it returned."""
+    code, details, result = grpc.StatusCode.OK, "ok", None
     try:
-        call()
+        result = call()
     except grpc.RpcError as error:
         code, details = error.code(), error.details() or ""
     assert code in ALLOWED, (code, details)
     assert details, "an error without a message"
     event(code.name)  # --hypothesis-show-statistics shows the mix
-    return code
+    return code, result
 
 
 # --- unary -----------------------------------------------------------------------------------
@@ -94,6 +99,11 @@ def _finish(call: Callable[[], object]) -> grpc.StatusCode:
 def _fuzz_transcribe(server: RunningServer, files: dict[str, bytes], profile: Profile) -> None:
     stub = server.stub()
     seen: Counter[grpc.StatusCode] = Counter()
+    # The clean path: each file as it is, its format read from its header.
+    clean = {
+        data: stub.Transcribe(pb.TranscribeRequest(audio=data), timeout=60).transcript
+        for data in files.values()
+    }
 
     @profile
     @given(
@@ -104,10 +114,20 @@ def _fuzz_transcribe(server: RunningServer, files: dict[str, bytes], profile: Pr
     def run(audio: bytes, fmt: pb.AudioFormat, long: bool) -> None:
         if long:
             request = pb.TranscribeLongRequest(audio=audio, format=fmt)
-            seen[_finish(lambda: list(stub.TranscribeLong(request, timeout=60)))] += 1
+            code, responses = _finish(lambda: list(stub.TranscribeLong(request, timeout=60)))
+            transcript = responses[-1].transcript if responses else None
         else:
             unary = pb.TranscribeRequest(audio=audio, format=fmt)
-            seen[_finish(lambda: stub.Transcribe(unary, timeout=60))] += 1
+            code, response = _finish(lambda: stub.Transcribe(unary, timeout=60))
+            transcript = response.transcript if response else None
+        seen[code] += 1
+        # An unmutated file (the sample rate and channel count are ignored for containers,
+        # whatever they say) must be transcribed exactly as on the clean path; only mutated
+        # input may be refused.
+        if audio in clean and fmt.encoding == pb.AudioFormat.ENCODING_UNSPECIFIED:
+            event("unmutated file")
+            assert code == grpc.StatusCode.OK, code
+            assert transcript == clean[audio]
 
     run()
     # The generator reached both sides: decodable audio and refusals.
@@ -145,21 +165,38 @@ def audio_messages(draw: st.DrawFn, pcm: bytes) -> pb.StreamingTranscribeRequest
     return pb.StreamingTranscribeRequest(audio=draw(st.binary(max_size=2048)))
 
 
+@dataclass(frozen=True)
+class Stream:
+    """Generated stream messages; `span` and `mode` when they are a plausible stream left
+    untouched (one valid config, then the speech span cut into pieces)."""
+
+    messages: list[pb.StreamingTranscribeRequest]
+    span: bytes | None = None
+    mode: int = 0
+
+
+# Spans of the test sentence (start, length in samples): too short for the model (50 ms), and
+# 0.5 s, 2 s and the rest from odd places. A few spans, so that their clean results are few.
+_STARTS = (0, 4001, 24000)
+_LENGTHS = (800, 8000, 32000, 10**9)
+
+
 @st.composite
-def plausible_streams(draw: st.DrawFn, pcm: bytes) -> list[pb.StreamingTranscribeRequest]:
+def plausible_streams(draw: st.DrawFn, pcm: bytes) -> Stream:
     """A valid config and a span of real speech cut at arbitrary bytes (samples split across
     messages), sometimes with one hostile message slipped in anywhere."""
+    mode = draw(st.integers(0, 3))
     config = pb.StreamingTranscribeRequest(
         config=pb.StreamingConfig(
             format=pb.AudioFormat(
                 encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000, channel_count=1
             ),
             interim_results=draw(st.booleans()),
-            finalization_mode=draw(st.integers(0, 3)),  # type: ignore[arg-type]
+            finalization_mode=mode,  # type: ignore[arg-type]
         )
     )
-    start = 2 * draw(st.integers(0, len(pcm) // 2 - 1))
-    span = pcm[start : start + 2 * draw(st.integers(0, len(pcm) // 2))]
+    start = 2 * draw(st.sampled_from(_STARTS))
+    span = pcm[start : start + 2 * draw(st.sampled_from(_LENGTHS))]
     cuts = sorted(draw(st.lists(st.integers(0, len(span)), max_size=8)))
     messages = [config] + [
         pb.StreamingTranscribeRequest(audio=span[a:b])
@@ -170,32 +207,61 @@ def plausible_streams(draw: st.DrawFn, pcm: bytes) -> list[pb.StreamingTranscrib
             stream_configs(), audio_messages(pcm), st.just(pb.StreamingTranscribeRequest())
         )
         messages.insert(draw(st.integers(0, len(messages))), draw(hostile))
-    return messages
+        return Stream(messages)
+    return Stream(messages, span, mode)
 
 
 @st.composite
-def hostile_streams(draw: st.DrawFn, pcm: bytes) -> list[pb.StreamingTranscribeRequest]:
+def hostile_streams(draw: st.DrawFn, pcm: bytes) -> Stream:
     """Configs, audio and empty messages in any order and number."""
     message = st.one_of(
         stream_configs(), audio_messages(pcm), st.just(pb.StreamingTranscribeRequest())
     )
     first = draw(st.one_of(stream_configs(), message))
-    return [first, *draw(st.lists(message, max_size=8))]
+    return Stream([first, *draw(st.lists(message, max_size=8))])
 
 
 def _fuzz_stream(server: RunningServer, pcm: bytes, profile: Profile) -> None:
     stub = server.stub()
     seen: Counter[grpc.StatusCode] = Counter()
+    clean: dict[tuple[bytes, bool], pb.Transcript] = {}
+
+    def clean_result(span: bytes, mode: int) -> pb.Transcript:
+        """The span in one message (STREAMING), or Transcribe (AUTO and FULL_CONTEXT: these
+        spans are under AUTO's 30 s, and a full-context final equals Transcribe)."""
+        streaming = mode == pb.FINALIZATION_MODE_STREAMING
+        if (span, streaming) not in clean:
+            if streaming:
+                streamed = stream(
+                    stub, span, chunk_bytes=len(span), mode=pb.FINALIZATION_MODE_STREAMING
+                )
+                final = streamed[-1]
+                clean[span, streaming] = final.transcript
+            else:
+                clean[span, streaming] = transcribe(
+                    stub, span, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000
+                ).transcript
+        return clean[span, streaming]
 
     @profile
-    @given(requests=st.one_of(plausible_streams(pcm), hostile_streams(pcm)))
-    def run(requests: list[pb.StreamingTranscribeRequest]) -> None:
-        def call() -> None:
-            responses = list(stub.StreamingTranscribe(iter(requests), timeout=60))
+    @given(generated=st.one_of(plausible_streams(pcm), hostile_streams(pcm)))
+    def run(generated: Stream) -> None:
+        def call() -> pb.StreamingTranscribeResponse:
+            responses = list(stub.StreamingTranscribe(iter(generated.messages), timeout=60))
             assert [r.is_final for r in responses].count(True) == 1
-            assert responses[-1].is_final
+            last: pb.StreamingTranscribeResponse = responses[-1]
+            assert last.is_final
+            return last
 
-        seen[_finish(call)] += 1
+        code, final = _finish(call)
+        seen[code] += 1
+        # A plausible stream left untouched with enough audio for the model (80 ms) must give
+        # the clean path's transcript however its bytes were cut; only the others may fail.
+        if generated.span is not None and len(generated.span) >= 2 * 1280:
+            event("untouched stream")
+            assert code == grpc.StatusCode.OK, code
+            assert final is not None
+            assert final.transcript == clean_result(generated.span, generated.mode)
 
     run()
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= set(seen), seen

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import transcribe
+from conftest import model_stalled, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.testing.launcher import RunningServer, start_server
+from scrape import Samples, delta, scrape, scrape_until, value
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,8 @@ def long_server(
         "60000000",
         "--transcript-cache-bytes",
         "0",
+        "--metrics-address",
+        "127.0.0.1:0",
     )
     yield running
     assert running.stop() == 0, running.log()
@@ -49,6 +54,12 @@ def long_wav(speech_dir: Path) -> bytes:
     audio = np.concatenate([np.concatenate([speech, noise]) for _ in range(8)])
     out = io.BytesIO()
     sf.write(out, audio, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def _wav_of(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, 16000, format="WAV", subtype="PCM_16")
     return out.getvalue()
 
 
@@ -122,29 +133,81 @@ def test_bad_audio_ends_the_call_with_invalid_argument(long_server: RunningServe
     assert "could not decode" in (caught.value.details() or "")
 
 
-def test_a_passed_deadline_stops_between_chunks(
+def _ended(server: RunningServer, request_id: str, status: str) -> tuple[int, int]:
+    """The chunks done and the total from the log line that ended a request with `status`."""
+    line = server.wait_for(
+        re.compile(rf"id={request_id} rpc=TranscribeLong .*status={status} chunks=(\d+)/(\d+)"),
+        timeout=10,
+    )
+    return int(line.group(1)), int(line.group(2))
+
+
+def test_a_passed_deadline_stops_the_recording_at_the_next_chunk(
     long_server: RunningServer, long_wav: bytes
+) -> None:
+    # 30 chunks of 8 s overlapping by 2 s. The model is frozen after the first, the deadline
+    # passes, then the model goes on: the request must stop there, not run the other chunks.
+    samples = sf.read(io.BytesIO(long_wav), dtype="float32")[0]
+    audio = _wav_of(np.tile(samples, 5)[: 180 * 16000])
+    call = long_server.stub().TranscribeLong(pb.TranscribeLongRequest(audio=audio), timeout=3)
+    request_id = next(call).request_id  # the total, sent before any chunk
+    assert next(call).audio_processed_seconds > 0  # the first chunk is done
+    with model_stalled(long_server), pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server's own timer, started when the request arrived, may go off after the client's
+    # has cancelled the call: either way the request ends there.
+    done, total = _ended(long_server, request_id, "(?:DEADLINE_EXCEEDED|CANCELLED)")
+    assert total == 30  # ceil((180 - 2) / 6)
+    assert 1 <= done < total
+    assert _long(long_server.stub(), long_wav)[-1].is_final  # and the server carries on
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(
+    long_server: RunningServer, long_wav: bytes, speech_wav: bytes
 ) -> None:
     stub = long_server.stub()
-    # Keep the model busy so that the deadline passes while the long request waits.
-    busy = threading.Thread(target=lambda: [_long(stub, long_wav) for _ in range(2)])
-    busy.start()
-    try:
+    before = scrape(long_server)
+    finished: list[pb.TranscribeLongResponse] = []
+    with model_stalled(long_server):
+        # A long recording's first chunk goes to the frozen model and stays there ...
+        ahead = threading.Thread(target=lambda: finished.extend(_long(stub, long_wav)))
+        ahead.start()
+        scrape_until(long_server, lambda s: value(s, "parakeet_model_queue_depth") >= 1)
+        time.sleep(0.3)  # decoded, and its chunk handed to the model
+        # ... so a short recording queued behind it is still waiting when its deadline passes.
         with pytest.raises(grpc.RpcError) as caught:
-            _long(stub, long_wav, timeout=0.5)
+            stub.Transcribe(pb.TranscribeRequest(audio=speech_wav), timeout=1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        busy.join()
-    assert _long(stub, long_wav)[-1].is_final  # and the server carries on
+    ahead.join(60)
+    assert finished[-1].is_final
+
+    def dropped(samples: Samples) -> float:
+        # "deadline" if the server's own timer (started when the request arrived) went off
+        # before the model reached the request, "cancelled" if only the client's had.
+        return sum(
+            delta(before, samples, "parakeet_model_dropped_total", reason=reason)
+            for reason in ("deadline", "cancelled")
+        )
+
+    after = scrape_until(long_server, lambda s: dropped(s) > 0)
+    assert dropped(after) == 1
+    # No short recording ran: the one queued was dropped before the model saw it.
+    assert delta(before, after, "parakeet_batch_size_count", work="oneshot") == 0
+    assert re.search(
+        r"rpc=Transcribe .*status=(DEADLINE_EXCEEDED|CANCELLED) chunks=0/1", long_server.log()
+    )
 
 
-def test_a_cancelled_call_leaves_the_server_serving(
-    long_server: RunningServer, long_wav: bytes
-) -> None:
+def test_a_cancelled_call_stops_its_recording(long_server: RunningServer, long_wav: bytes) -> None:
     stub = long_server.stub()
     call = stub.TranscribeLong(pb.TranscribeLongRequest(audio=long_wav), timeout=300)
-    next(call)
-    call.cancel()
+    request_id = next(call).request_id
+    assert next(call).audio_processed_seconds > 0  # the first chunk is done
+    with model_stalled(long_server):
+        call.cancel()
+        done, total = _ended(long_server, request_id, "CANCELLED")
+    assert 1 <= done < total
     assert _long(stub, long_wav)[-1].is_final
 
 
@@ -174,36 +237,31 @@ def test_client_shows_progress(long_server: RunningServer, long_wav: bytes, tmp_
     assert "PERF audio=" in stderr
 
 
-def _peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+def test_a_long_recording_is_transcribed_in_the_memory_of_one_chunk(
+    tdt_checkpoint: Path,
+) -> None:
+    """MLX's peak memory (every buffer it allocated, not resident pages) over 2.5 minutes in
+    8 s chunks is that of one chunk: the recording never enters MLX whole, as samples (9.6 MB
+    here) or as one log-mel spectrogram (4.8 MB with this model's 80 mels)."""
+    import mlx.core as mx
 
+    from parakeet_server.domain import ChunkingConfig, TranscriptionOptions
+    from parakeet_server.engine.model import ParakeetEngine
 
-def test_twenty_minutes_in_bounded_memory(long_server: RunningServer, tmp_path: Path) -> None:
-    # 20 minutes of MP3 (5 MB) decode to 77 MB of 16 kHz float32; peak memory may grow by
-    # about that, never by the whole recording's features or attention.
-    mp3 = tmp_path / "long.mp3"
-    subprocess.run(
-        [
-            *("ffmpeg", "-v", "error", "-f", "lavfi"),
-            *("-i", "anoisesrc=d=1200:a=0.05:s=16000:c=pink", "-ac", "1", "-b:a", "32k", str(mp3)),
-        ],
-        check=True,
-        timeout=120,
+    engine = ParakeetEngine.load(
+        str(tdt_checkpoint), chunking=ChunkingConfig(chunk_seconds=8.0, overlap_seconds=2.0)
     )
-    worker = long_server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
-    pids = {"server": long_server.process.pid, "worker": worker}
-    before = {name: _peak_rss(pid) for name, pid in pids.items()}
-    responses = _long(long_server.stub(), mp3.read_bytes(), timeout=600)
-    grown = {name: _peak_rss(pid) - before[name] for name, pid in pids.items()}
-    final = responses[-1]
-    assert final.is_final
-    assert final.metrics.audio_seconds == pytest.approx(1200, abs=0.1)
-    assert final.metrics.chunk_count == 200  # ceil((1200 - 2) / 6)
-    audio_bytes = 1200 * 16000 * 4
-    # The server decodes (and caches) it once; the worker receives it once.
-    assert grown["server"] < 2 * audio_bytes, f"server peak grew {grown['server'] / 1e6:.0f} MB"
-    assert grown["worker"] < 2 * audio_bytes, f"worker peak grew {grown['worker'] / 1e6:.0f} MB"
+    engine.warm_up()
+    rng = np.random.default_rng(11)
+
+    def peak_of(seconds: int) -> tuple[int, int]:
+        audio = rng.normal(0, 0.05, 16000 * seconds).astype(np.float32)
+        mx.reset_peak_memory()
+        steps = list(engine.transcribe_steps(audio, TranscriptionOptions(), segments=False))
+        return mx.get_peak_memory(), steps[-1].chunks_total
+
+    one, chunks = peak_of(8)
+    assert chunks == 1
+    whole, chunks = peak_of(150)
+    assert chunks == 25  # ceil((150 - 2) / 6)
+    assert whole < one + 1_000_000, f"peak {whole / 1e6:.1f} MB, one chunk {one / 1e6:.1f} MB"

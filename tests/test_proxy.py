@@ -3,8 +3,9 @@
 Only the listening addresses and the server lines are replaced. The servers and the proxy are
 shared by the module and its tests run in file order: a backend still loading its model is
 taken in once loaded, then one backend is killed with SIGKILL and another drained with SIGTERM,
-while a long dictation, silent for over a minute, stays open on the third from the first test
-to the last.
+while a long dictation, silent for over a minute, stays open on the third. A thread ends the
+dictation once its minute of silence is over; the test that reads how it went runs after every
+other test of the session (marker `at_end`), so that the minute passes while they run.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def _feed_pipe(pipe: Path, content: bytes) -> None:
         writer.write(content)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """b1 and b2 serving, b3 still loading its model (its config.json is a named pipe)."""
     logs = tmp_path_factory.mktemp("proxy")
@@ -273,11 +274,35 @@ class Dictation:
     stream: LiveStream
     holder: str  # the backend it is on
     rest: bytes
+    silent_for: float = 0.0  # seconds of silence both ways before the rest was sent
+    streams_before: int = 0  # the holder's finished streams just before
+    ended: threading.Event = field(default_factory=threading.Event)
+    failure: str = ""  # what went wrong ending it, if anything
 
 
-@pytest.fixture(scope="module")
+def _end_after_silence(dictation: Dictation, host: RunningServer) -> None:
+    """Waits out LONG_SILENCE without a message either way, then sends the rest and reads the
+    final result. Runs on its own thread while the other tests go on."""
+    stream = dictation.stream
+    try:
+        while (idle := time.monotonic() - stream.last_activity) < LONG_SILENCE:
+            if stream.error is not None:
+                dictation.failure = f"cut after {idle:.0f} s of silence: {_status(stream.error)}"
+                return
+            time.sleep(min(1.0, LONG_SILENCE - idle))
+        dictation.silent_for = time.monotonic() - stream.last_activity
+        dictation.streams_before = _count(host, "StreamingTranscribe")
+        stream.send(dictation.rest)
+        stream.finish()
+    except AssertionError as error:
+        dictation.failure = str(error)
+    finally:
+        dictation.ended.set()
+
+
+@pytest.fixture(scope="session")
 def dictation(cluster: Cluster, speech_dir: Path) -> Iterator[Dictation]:
-    """A live stream opened through the proxy before the other tests, ended by the last one.
+    """A live stream opened through the proxy before the other tests, ended by a thread.
 
     It sends the first half of a sentence, reads a partial result, then stays silent both
     ways for LONG_SILENCE seconds while the other tests run, then sends the rest.
@@ -288,7 +313,9 @@ def dictation(cluster: Cluster, speech_dir: Path) -> Iterator[Dictation]:
     stream.send(pcm[:half])
     stream.wait_answer()
     holder = _wait_for_stream_on(cluster, cluster.alive(), {})
-    yield Dictation(stream, holder, pcm[half:])
+    dictation = Dictation(stream, holder, pcm[half:])
+    _thread(lambda: _end_after_silence(dictation, cluster.backends[holder]))
+    yield dictation
     stream.cancel()  # a no-op once it has ended
 
 
@@ -543,15 +570,14 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.at_end
 def test_a_dictation_silent_for_longer_than_proxy_defaults_is_not_cut(
     cluster: Cluster, dictation: Dictation
 ) -> None:
-    stream = dictation.stream
-    while (idle := time.monotonic() - stream.last_activity) < LONG_SILENCE:
-        assert stream.error is None, _status(stream.error)
-        time.sleep(min(1.0, LONG_SILENCE - idle))
+    assert dictation.ended.wait(LONG_SILENCE + 120), "the dictation did not end"
+    assert not dictation.failure, dictation.failure
+    assert dictation.silent_for >= LONG_SILENCE
     host = cluster.backends[dictation.holder]
-    before = _count(host, "StreamingTranscribe")
-    stream.send(dictation.rest)
-    stream.finish()
-    assert _count(host, "StreamingTranscribe") == before + 1
+    # The holder finished exactly this stream: the whole sentence reached it, after the silence.
+    assert _count(host, "StreamingTranscribe") == dictation.streams_before + 1
+    assert dictation.stream.responses[-1].is_final

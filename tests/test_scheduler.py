@@ -184,19 +184,35 @@ def test_a_failing_batch_fails_only_the_recording_at_fault() -> None:
     asyncio.run(scenario())
 
 
-def test_a_job_past_its_deadline_in_the_queue_is_dropped_without_running() -> None:
+def test_queued_work_past_its_deadline_or_cancelled_is_dropped_without_running() -> None:
     async def scenario() -> None:
-        scheduler, _ = await _started()
+        engine = RecordingEngine()
+        dropped: list[str] = []
+        scheduler: ModelScheduler[Any] = ModelScheduler(lambda: engine, on_drop=dropped.append)
+        await scheduler.start()
         release, held = await _hold(scheduler)
         ran: list[str] = []
-        late = await _queued(
-            [scheduler.run(lambda _: ran.append("late"), deadline=0.0)]  # long past
+        past = 0.0  # a deadline long past
+        queued = await _queued(
+            [
+                scheduler.run(lambda _: ran.append("late"), deadline=past),
+                scheduler.run_clip(np.zeros(1, np.float32), TranscriptionOptions(), deadline=past),
+                scheduler.run(lambda _: ran.append("abandoned")),
+                scheduler.run_clip(np.zeros(2, np.float32), TranscriptionOptions()),
+                scheduler.run_block(_session("a"), np.zeros(1, np.float32)),
+            ]
         )
+        for abandoned in queued[2:]:
+            abandoned.cancel()  # its caller went away while it waited
         release.set()
         await held
-        with pytest.raises(DeadlineExceeded):
-            await late[0]
+        for late in queued[:2]:
+            with pytest.raises(DeadlineExceeded):
+                await late
+        await asyncio.sleep(0.05)  # the model thread has been through the queue
         assert ran == []
+        assert [call for call in engine.calls if call[0] != "close"] == []
+        assert sorted(dropped) == ["cancelled"] * 3 + ["deadline"] * 2
         await scheduler.close()
 
     asyncio.run(scenario())

@@ -19,6 +19,7 @@ from conftest import details, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.testing.launcher import RunningServer, start_server
+from scrape import scrape, value
 
 LINEAR16 = pb.AudioFormat.ENCODING_LINEAR16
 FLOAT32 = pb.AudioFormat.ENCODING_FLOAT32
@@ -98,14 +99,27 @@ def test_without_interim_results_only_the_final_is_sent(
 
 
 @pytest.mark.parametrize(
-    "chunk_bytes", [1, 2, 320, 96000], ids=["1-byte", "1-sample", "10ms", "3s"]
+    ("chunk_bytes", "seconds"),
+    [(1, 2), (2, 2), (320, 2), (96000, 9)],
+    ids=["1-byte", "1-sample", "10ms", "3s"],
 )
 def test_any_chunking_gives_the_same_result(
-    stub: pb_grpc.TranscriptionServiceStub, pcm: bytes, chunk_bytes: int
+    stub: pb_grpc.TranscriptionServiceStub, pcm: bytes, chunk_bytes: int, seconds: int
 ) -> None:
-    audio = pcm[: 16000 * 2 * 2]  # 2 s keeps 1-byte messages quick
+    audio = (pcm * 2)[: 16000 * 2 * seconds]
+    if chunk_bytes <= 2:
+        # A call per byte is slow: the tiny messages cover the last 5000 bytes, across the
+        # end of the first block and its look-ahead (1.92 s, byte 61440) and the stream's end.
+        tiny_from = len(audio) - 5000
+        pieces = [
+            audio[start : min(start + 4096, tiny_from)] for start in range(0, tiny_from, 4096)
+        ]
+        pieces += [audio[at : at + chunk_bytes] for at in range(tiny_from, len(audio), chunk_bytes)]
+    else:
+        pieces = [audio[at : at + chunk_bytes] for at in range(0, len(audio), chunk_bytes)]
+        assert len(pieces) >= 3
     reference = _final(stream(stub, audio, chunk_bytes=4096, mode=STREAMING))
-    got = _final(stream(stub, audio, chunk_bytes=chunk_bytes, mode=STREAMING))
+    got = _final(stream(stub, audio, pieces=pieces, mode=STREAMING))
     assert got.transcript == reference.transcript
     assert got.finalized_text == reference.finalized_text
 
@@ -277,6 +291,10 @@ def test_beam_search_needs_full_context(stub: pb_grpc.TranscriptionServiceStub, 
     )
     full = stream(stub, pcm, mode=FULL_CONTEXT, decoding_method=beam, beam_size=2)
     assert _final(full).transcript == unary.transcript
+    # ... and it is beam search that ran: on this sentence greedy decoding finds another text
+    # (tests/test_transcribe.py shows the two apart).
+    greedy = _final(stream(stub, pcm, mode=FULL_CONTEXT)).transcript
+    assert _final(full).transcript.text != greedy.text
 
 
 def _active_streams(stub: pb_grpc.TranscriptionServiceStub) -> int:
@@ -391,47 +409,77 @@ def test_auto_mode_streams_past_its_full_context_limit(
 # --- long streams ----------------------------------------------------------------------------
 
 
-def test_ten_minute_stream_keeps_step_time_and_memory_flat(
-    tdt_checkpoint: Path, tmp_path: Path
-) -> None:
-    running = start_server(tdt_checkpoint, tmp_path)
-    try:
-        rng = np.random.default_rng(7)
-        minute = (rng.normal(0, 3000, 16000 * 60)).clip(-32768, 32767).astype("<i2").tobytes()
-        arrivals: list[float] = []
-        rss: list[tuple[int, int]] = []  # all, worker: after each minute sent
+@pytest.fixture(scope="module")
+def metered_server(
+    tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server of its own (default flags, metrics on): long streams, counted model steps."""
+    running = start_server(
+        tdt_checkpoint, tmp_path_factory.mktemp("metered"), "--metrics-address", "127.0.0.1:0"
+    )
+    yield running
+    assert running.stop() == 0, running.log()
 
-        def requests() -> Iterator[pb.StreamingTranscribeRequest]:
-            yield _config(interim=True)
-            for _ in range(10):
-                for start in range(0, len(minute), 64000):
-                    yield _audio(minute[start : start + 64000])
-                rss.append((running.rss_bytes(), running.worker_rss_bytes()))
 
-        for response in running.stub().StreamingTranscribe(requests(), timeout=600):
-            arrivals.append(time.monotonic())
-            final = response
-        assert final.is_final
-        assert final.metrics.audio_seconds == pytest.approx(600)
-        # Fed faster than real time, responses come one per block as fast as blocks run:
-        # their spacing is the per-block cost, which must not grow with the stream.
-        gaps = np.diff(arrivals[:-1])
-        early, late = np.median(gaps[20:120]), np.median(gaps[-100:])
-        assert late < 2.0 * early, (early, late)
-        # The first minutes fill MLX's buffer cache and the attention caches (~20 MB with
-        # this model); after that nothing may accumulate. A leak grows every minute, so the
-        # median minute does (keeping the stream's audio as float32: 3.8 MB a minute), where a
-        # one-off step (a heap taken by an allocator: once 15 MB in CI) moves one minute only.
-        mb = np.array(rss) / 1e6
-        growth = np.diff(mb[3:, 0])
-        report = "RSS after each minute, MB (server + worker): " + ", ".join(
-            f"{total - worker:.1f} + {worker:.1f}" for total, worker in mb
-        )
-        assert np.median(growth) < 1.5, report
-        assert growth.sum() < 30, report
-        assert re.search(r"blocks=4\d\d ", running.log())
-    finally:
-        assert running.stop() == 0
+def _peak_resident_bytes(pid: int) -> int:
+    """VmHWM: the most resident memory the process ever had (pages actually touched)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_ten_minute_stream_keeps_step_time_and_memory_flat(metered_server: RunningServer) -> None:
+    stub = metered_server.stub()
+    worker = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).worker_pid
+    rng = np.random.default_rng(7)
+    minute = (rng.normal(0, 3000, 16000 * 60)).clip(-32768, 32767).astype("<i2").tobytes()
+    arrivals: list[float] = []
+    # After each minute of audio the server has processed: the peak resident memory of the
+    # server and of the model process, and the bytes MLX holds in live arrays.
+    memory: list[tuple[int, int, int]] = []
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield _config(interim=True)
+        for _ in range(10):
+            for start in range(0, len(minute), 64000):
+                yield _audio(minute[start : start + 64000])
+
+    for response in stub.StreamingTranscribe(requests(), timeout=600):
+        arrivals.append(time.monotonic())
+        if not response.is_final and response.audio_processed_seconds >= 60 * (len(memory) + 1):
+            info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+            memory.append(
+                (
+                    _peak_resident_bytes(metered_server.process.pid),
+                    _peak_resident_bytes(worker),
+                    info.mlx_active_memory_bytes,
+                )
+            )
+        final = response
+    assert final.is_final
+    assert final.metrics.audio_seconds == pytest.approx(600)
+    assert len(memory) == 9  # minutes 1 to 9 (the tenth ends with the final)
+    # Fed faster than real time, responses come one per block as fast as blocks run:
+    # their spacing is the per-block cost, which must not grow with the stream.
+    gaps = np.diff(arrivals[:-1])
+    early, late = np.median(gaps[20:120]), np.median(gaps[-100:])
+    assert late < 2.0 * early, (early, late)
+    # The first minutes fill MLX's buffer cache and the attention caches; from minute 3 on
+    # nothing may accumulate. A leak grows every minute (keeping the stream's audio as float32:
+    # 3.8 MB a minute), so the median minute does; a one-off step (an allocator taking a new
+    # heap) moves one minute only.
+    mb = np.array(memory[2:]) / 1e6
+    report = "from minute 3, MB (server peak, worker peak, MLX active): " + "; ".join(
+        f"{server:.1f}, {model:.1f}, {mlx:.2f}" for server, model, mlx in mb
+    )
+    for column in (0, 1):
+        growth = np.diff(mb[:, column])
+        assert np.median(growth) < 0.5, report
+        assert growth.sum() < 12, report
+    assert np.ptp(mb[:, 2]) < 1.0, report  # MLX's own count of the bytes it holds
+    assert re.search(r"blocks=4\d\d ", metered_server.log())
 
 
 def test_stream_survives_a_1_sample_tail_and_odd_rates(
@@ -446,34 +494,52 @@ def test_stream_survives_a_1_sample_tail_and_odd_rates(
     assert final.transcript == unary.transcript
 
 
-def test_a_client_that_stops_reading_does_not_hold_up_others(
-    tdt_checkpoint: Path, tmp_path: Path, speech_wav: bytes
+def test_a_client_that_stops_reading_stalls_only_its_own_stream(
+    metered_server: RunningServer, pcm: bytes
 ) -> None:
-    # 80 ms blocks: hundreds of partial results whose finalized text keeps growing, far more
-    # than HTTP/2's flow-control window; the client reads none of them.
-    server = start_server(tdt_checkpoint, tmp_path, "--stream-block-ms", "80")
+    # A client that reads nothing, with a 1 KB receive window that never grows: its partial
+    # results fill the window, then the server's write waits, and the server stops working
+    # on that stream (and, 10 s of audio later, stops reading it), while it serves the others.
+    stalled_channel = grpc.insecure_channel(
+        metered_server.address,
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)],
+    )
+    noise = (np.random.default_rng(9).normal(0, 3000, 16000 * 60)).astype("<i2").tobytes()
+
+    def requests() -> Iterator[pb.StreamingTranscribeRequest]:
+        yield _config(interim=True)
+        for start in range(0, len(noise), 3200):
+            yield _audio(noise[start : start + 3200])
+
+    def blocks_run() -> float:
+        return value(scrape(metered_server), "parakeet_batch_size_sum", work="stream")
+
+    start = blocks_run()
+    stalled = pb_grpc.TranscriptionServiceStub(stalled_channel).StreamingTranscribe(
+        requests(), timeout=120
+    )
     try:
-        stub = server.stub()
-        pcm = (np.random.default_rng(9).normal(0, 3000, 16000 * 60)).astype("<i2").tobytes()
-        config = pb.StreamingConfig(
-            format=pb.AudioFormat(
-                encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate_hertz=16000
-            ),
-            interim_results=True,
-            finalization_mode=pb.FINALIZATION_MODE_STREAMING,
-        )
-
-        def requests() -> Iterator[pb.StreamingTranscribeRequest]:
-            yield pb.StreamingTranscribeRequest(config=config)
-            for start in range(0, len(pcm), 3200):
-                yield pb.StreamingTranscribeRequest(audio=pcm[start : start + 3200])
-
-        stalled = stub.StreamingTranscribe(requests(), timeout=120)  # never read
-        time.sleep(1.0)
-        for _ in range(3):
-            assert transcribe(stub, speech_wav).transcript.segments
-        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
-        assert info.active_streams == 1
-        stalled.cancel()
+        # Wait until the server has stopped running its blocks (unchanged for a second).
+        counts = [blocks_run()]
+        deadline = time.monotonic() + 60
+        while not (counts[-1] > start and counts[-4:] == [counts[-1]] * 4):
+            assert time.monotonic() < deadline, f"the stream never stalled: {counts}"
+            time.sleep(0.3)
+            counts.append(blocks_run())
+        held = counts[-1]
+        assert held - start < 45  # well before the end of its 60 s (46 blocks)
+        # Meanwhile a Transcribe and another stream are served as usual, each promptly.
+        stub = metered_server.stub()
+        started = time.monotonic()
+        assert transcribe(stub, pcm, encoding=LINEAR16, sample_rate=16000).transcript.text
+        other = stream(stub, pcm, mode=STREAMING)
+        assert _final(other).transcript.text
+        assert time.monotonic() - started < 10
+        # ... and every block run since was the other stream's: one per partial result.
+        assert blocks_run() - held == len(other) - 1
+        assert _active_streams(stub) == 1  # the stalled stream is still open, only waiting
+        lag = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).max_stream_lag
+        assert lag.ToNanoseconds() / 1e9 == pytest.approx(10, abs=0.5)  # backlog held, no more
     finally:
-        assert server.stop() == 0
+        stalled.cancel()
+        stalled_channel.close()

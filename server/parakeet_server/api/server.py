@@ -96,6 +96,7 @@ class Server:
                 max_batch_wait=config.max_batch_wait_ms / 1000,
             ),
             on_batch=self._batch_done,
+            on_drop=lambda reason: self.metrics.dropped.labels(reason).inc(),
         )
         self.last_batch: tuple[int, float] = (0, 0.0)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -110,38 +110,35 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
     ) -> pb.TranscribeResponse:
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
+        job: UnaryJob | None = None
         try:
-            return await self._transcribe(request, context, request_id, started)
+            self._log_received(request, context, request_id, "Transcribe")
+            unary = unary_request_from_proto(request, _deadline(context))
+            async with self._unary.open(unary) as job:
+                async for step in job.steps(segments=False):
+                    if step.transcript is not None:
+                        figures = job.figures(step.transcript, started)
+                        self._log_done("Transcribe", request_id, context, job, figures)
+                        return pb.TranscribeResponse(
+                            transcript=transcript_to_proto(step.transcript),
+                            metrics=metrics_to_proto(figures),
+                            request_id=request_id,
+                        )
+            raise AssertionError("the transcription ended without a transcript")
         except ParakeetError as error:
-            await self._abort(context, "Transcribe", request_id, status_for(error), str(error))
+            await self._abort(context, "Transcribe", request_id, status_for(error), str(error), job)
+        except asyncio.CancelledError:
+            self._log_gone(context, "Transcribe", request_id, job)
+            raise
         except Exception:
             await self._internal_error(context, "Transcribe", request_id)
-
-    async def _transcribe(
-        self,
-        request: pb.TranscribeRequest,
-        context: Context,
-        request_id: str,
-        started: float,
-    ) -> pb.TranscribeResponse:
-        self._log_received(request, context, request_id, "Transcribe")
-        async with self._unary.open(unary_request_from_proto(request, _deadline(context))) as job:
-            async for step in job.steps(segments=False):
-                if step.transcript is not None:
-                    figures = job.figures(step.transcript, started)
-                    self._log_done("Transcribe", request_id, context, job, figures)
-                    return pb.TranscribeResponse(
-                        transcript=transcript_to_proto(step.transcript),
-                        metrics=metrics_to_proto(figures),
-                        request_id=request_id,
-                    )
-        raise AssertionError("the transcription ended without a transcript")
 
     async def TranscribeLong(
         self, request: pb.TranscribeLongRequest, context: Context
     ) -> AsyncIterator[pb.TranscribeLongResponse]:
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
+        job: UnaryJob | None = None
         try:
             self._log_received(request, context, request_id, "TranscribeLong")
             unary = unary_request_from_proto(request, _deadline(context))
@@ -160,7 +157,12 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
                         response.metrics.CopyFrom(metrics_to_proto(figures))
                     yield response
         except ParakeetError as error:
-            await self._abort(context, "TranscribeLong", request_id, status_for(error), str(error))
+            await self._abort(
+                context, "TranscribeLong", request_id, status_for(error), str(error), job
+            )
+        except asyncio.CancelledError:
+            self._log_gone(context, "TranscribeLong", request_id, job)
+            raise
         except Exception:
             await self._internal_error(context, "TranscribeLong", request_id)
 
@@ -360,14 +362,48 @@ class TranscriptionService(pb_grpc.TranscriptionServiceServicer):
         request_id: str,
         code: grpc.StatusCode,
         message: str,
+        job: UnaryJob | None = None,
     ) -> NoReturn:
+        self._log_failed(context, rpc, request_id, code.name, message, job)
+        await context.abort(code, message)
+
+    def _log_gone(self, context: Context, rpc: str, request_id: str, job: UnaryJob | None) -> None:
+        """The call ended under the handler (its deadline passed, or the client cancelled it):
+        the work stops here, and the log says how far it got."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            status, message = "DEADLINE_EXCEEDED", "the client's deadline passed"
+        else:
+            # A client whose deadline passes cancels the call itself, often a moment before
+            # the server's own timer (started when the request arrived) goes off.
+            status, message = "CANCELLED", "the client cancelled the call"
+            if remaining is not None:
+                message += f" {remaining:.2f} s before its deadline"
+        self._log_failed(context, rpc, request_id, status, message, job)
+
+    def _log_failed(
+        self,
+        context: Context,
+        rpc: str,
+        request_id: str,
+        status: str,
+        message: str,
+        job: UnaryJob | None,
+    ) -> None:
+        """A request's line when it ends without a result; a recording's says how many of its
+        chunks were transcribed (`chunks=done/total`)."""
+        fields = request_fields(rpc, request_id, context.peer(), status, error=message)
+        chunks = ""
+        if job is not None:
+            fields["fields"]["chunks"] = job.chunks_progress
+            chunks = f" chunks={job.chunks_progress}"
         log.info(
-            "request id=%s rpc=%s peer=%s status=%s message=%r",
+            "request id=%s rpc=%s peer=%s status=%s%s message=%r",
             request_id,
             rpc,
             context.peer(),
-            code.name,
+            status,
+            chunks,
             message,
-            extra=request_fields(rpc, request_id, context.peer(), code.name, error=message),
+            extra=fields,
         )
-        await context.abort(code, message)

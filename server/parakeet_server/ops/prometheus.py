@@ -206,6 +206,16 @@ class ServerMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.dropped = Counter(
+            "model_dropped",
+            "queued model work dropped without running, by reason: its deadline passed "
+            "(deadline) or its caller went away (cancelled)",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for reason in ("deadline", "cancelled"):
+            self.dropped.labels(reason)  # shown as 0 from the start
         lag = Gauge(
             "stream_lag_seconds",
             "the largest backlog over the open streams: audio received but not yet encoded",

@@ -69,7 +69,9 @@ class UnaryJob:
         self.decode_seconds = decode_seconds
         self.queue_seconds = 0.0
         self.inference_seconds = 0.0
-        self.chunks = 1
+        self.chunks = 1  # the recording's (0: answered from the cache)
+        self.chunks_done = 0  # transcribed so far: the request's log line says where it stopped
+        self._chunks_known = False  # a long recording's count comes with its first step
 
     @property
     def audio(self) -> DecodedAudio:
@@ -80,16 +82,18 @@ class UnaryJob:
         transcript. A transcript from the cache comes as one final step without the model."""
         known = self.recording.transcript
         if known is not None:
-            self.chunks = 0
+            self.chunks, self._chunks_known = 0, True
             yield self._whole(known)
             return
         samples = self.audio.samples
         if self._engine.info.min_samples <= len(samples) <= self._chunk_samples:
+            self._chunks_known = True
             # One chunk: batched with the other short recordings queued with it.
             clip = await self._process.scheduler.run_clip(
                 samples, self._request.options, deadline=self._request.deadline, admitted=True
             )
             self._count(clip)
+            self.chunks_done = 1
             await asyncio.to_thread(self._recordings.remember, self.recording, clip.value)
             yield self._whole(clip.value)
             return
@@ -102,7 +106,8 @@ class UnaryJob:
                 self._count(timed)
                 if timed.value is None:
                     return
-                self.chunks = timed.value.chunks_total
+                self.chunks, self._chunks_known = timed.value.chunks_total, True
+                self.chunks_done = timed.value.chunks_done
                 if timed.value.transcript is not None:
                     await asyncio.to_thread(
                         self._recordings.remember, self.recording, timed.value.transcript
@@ -110,6 +115,11 @@ class UnaryJob:
                 yield timed.value
         finally:
             self._engine.release(steps)
+
+    @property
+    def chunks_progress(self) -> str:
+        """`done/total` chunks, for log lines ("?" while a long recording's total is unknown)."""
+        return f"{self.chunks_done}/{self.chunks if self._chunks_known else '?'}"
 
     def _count(self, timed: Timed[Any]) -> None:
         self.queue_seconds += timed.queue_seconds

@@ -29,6 +29,7 @@ class ModelProcess:
         max_pending: int,
         batching: BatchPolicy | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self.generation = generation
         self.users = 0
@@ -47,7 +48,11 @@ class ModelProcess:
         self.process.start()
         theirs.close()  # so that the worker's death reads as EOF on our end
         self.scheduler: ModelScheduler[RemoteEngine] = ModelScheduler(
-            self._ready, max_pending=max_pending, batching=batching, on_batch=on_batch
+            self._ready,
+            max_pending=max_pending,
+            batching=batching,
+            on_batch=on_batch,
+            on_drop=on_drop,
         )
 
     @property

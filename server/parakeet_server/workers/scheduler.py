@@ -104,13 +104,17 @@ class ModelScheduler(Generic[E]):
         max_pending: int = 64,
         batching: BatchPolicy | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         """`on_batch(work, size, seconds)` hears of every batch: work "stream" (blocks of live
-        streams) or "oneshot" (short recordings), for metrics."""
+        streams) or "oneshot" (short recordings); `on_drop(reason)` of every piece of queued
+        work dropped without reaching the engine: reason "deadline" (its deadline passed) or
+        "cancelled" (its caller went away). Both for metrics."""
         self._load = load
         self._max_pending = max_pending
         self._batching = batching or BatchPolicy()
         self._on_batch = on_batch
+        self._on_drop = on_drop
         self._pending = 0
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -330,11 +334,13 @@ class ModelScheduler(Generic[E]):
         return batch
 
     def _run_job(self, job: _Job) -> None:
-        if not job.future.set_running_or_notify_cancel():
-            return  # its caller gave up while it was queued
         started = time.monotonic()
+        if not job.future.set_running_or_notify_cancel():
+            self._dropped(job.deadline, started)  # its caller gave up while it was queued
+            return
         try:
             if job.deadline is not None and started > job.deadline:
+                self._dropped(job.deadline, started)
                 raise _expired(job.queued_at, started)
             value = job.run(self._engine)
         except BaseException as error:
@@ -347,8 +353,10 @@ class ModelScheduler(Generic[E]):
         ready = []
         for clip in clips:
             if not clip.future.set_running_or_notify_cancel():
-                continue  # its caller gave up while it was queued
+                self._dropped(clip.deadline, now)  # its caller gave up while it was queued
+                continue
             if clip.deadline is not None and now > clip.deadline:
+                self._dropped(clip.deadline, now)
                 clip.future.set_exception(_expired(clip.queued_at, now))
                 continue
             ready.append(clip)
@@ -379,8 +387,10 @@ class ModelScheduler(Generic[E]):
                 Timed(transcript, started - clip.queued_at, seconds, batch_size=len(clips))
             )
 
-    def _run_blocks(self, batch: list[_Block]) -> None:
-        batch = [block for block in batch if block.future.set_running_or_notify_cancel()]
+    def _run_blocks(self, blocks: list[_Block]) -> None:
+        batch = [block for block in blocks if block.future.set_running_or_notify_cancel()]
+        for _ in range(len(blocks) - len(batch)):
+            self._dropped(None, 0.0)  # their streams ended while they were queued
         if not batch:
             return
         engine = self._engine
@@ -400,6 +410,10 @@ class ModelScheduler(Generic[E]):
             block.future.set_result(
                 Timed(result, started - block.queued_at, seconds, batch_size=len(batch))
             )
+
+    def _dropped(self, deadline: float | None, now: float) -> None:
+        if self._on_drop is not None:
+            self._on_drop("deadline" if deadline is not None and now > deadline else "cancelled")
 
 
 def _expired(queued_at: float, now: float) -> DeadlineExceeded:

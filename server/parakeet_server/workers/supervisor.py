@@ -51,11 +51,13 @@ class Supervisor:
         on_serving: Callable[[bool], Awaitable[None]] | None = None,
         batching: BatchPolicy | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self._spec = spec
         self._max_pending = max_pending
         self._batching = batching
         self._on_batch = on_batch
+        self._on_drop = on_drop
         self._recycle = recycle
         self._on_serving = on_serving
         self.current: ModelProcess | None = None
@@ -133,7 +135,12 @@ class Supervisor:
         self._generation += 1
         started = time.perf_counter()
         process = ModelProcess(
-            self._spec, self._generation, self._max_pending, self._batching, self._on_batch
+            self._spec,
+            self._generation,
+            self._max_pending,
+            self._batching,
+            self._on_batch,
+            self._on_drop,
         )
         self._processes.add(process)
         try:
