@@ -74,16 +74,21 @@ CASES = {
     ),
     "soak": (
         [
-            *("--minutes", "0.02", "--warmup-seconds", "1", "--max-growth-mb", "1000"),
+            *("--minutes", "0.1", "--phase-seconds", "3", "--warmup-seconds", "1"),
+            *("--max-growth-mb", "1000", "--tracemalloc", "2"),
             *("--unary", "1", "--long", "1", "--realtime-streams", "0", "--fast-streams", "1"),
         ],
         [
-            r"^soak: 0\.02 min after a 1 s warm-up, tiny model, 3 client threads, caches off$",
+            r"^soak: 0\.1 min in phases of 3 s after a 1 s warm-up, tiny model, 3 client "
+            r"threads \(think 0 s\), caches off, tracemalloc 2 frames$",
             r"^Transcribe +\d+ +0 +[0-9.]+s +[0-9.]+s  whole call$",
             r"^TranscribeLong +\d+ +0 ",
             r"^Stream fast +\d+ +0 ",
             r"^errors by status: none$",
-            r"^RSS server\+children: start [0-9.]+ MB, end [0-9.]+ MB",
+            r"^\| min \| server rss \| server heap \|",
+            r"^\| 0\.0 \| [0-9.]+ \| [0-9.]+ \|",
+            r"^from the first quiescent point to the last \(MB\): server\.resident [-+][0-9.]+",
+            r"^verdict: server \+ worker resident at quiescent points [0-9.]+ -> [0-9.]+ MB",
             r"^server exit code 0, tracebacks in log 0",
         ],
     ),

@@ -124,6 +124,10 @@ def test_requests_leave_nothing_behind(traced: tuple[RunningServer, MemoryProbe]
     objects = after.server["python_objects"] - before.server["python_objects"]
     assert objects < requests, report
     # The worker: every stream's and stepwise job's arrays are released (MLX's live arrays
-    # are the weights again), and its C heap holds no more than before.
+    # are the weights again), and its C heap holds no more than before. MLX's reuse cache
+    # lives in that heap and is emptied every few stream blocks, so it is left out.
     assert after.worker["mlx_active"] - before.worker["mlx_active"] < 64 * 1024, report
-    assert after.worker["heap_in_use"] - before.worker["heap_in_use"] < 4 * 1024 * 1024, report
+    heap_before, heap_after = (
+        r.worker["heap_in_use"] - r.worker["mlx_cache"] for r in (before, after)
+    )
+    assert heap_after - heap_before < 2 * 1024 * 1024, report
