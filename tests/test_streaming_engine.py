@@ -118,6 +118,34 @@ def test_blocks_depend_on_audio_position_not_on_how_it_arrived(
     assert run(_pieces(audio, 4), step_early=False) == reference
 
 
+@pytest.mark.parametrize("extra", [0, 1, 5, 9, 13, 16])
+def test_finish_commits_no_frame_with_less_after_it_than_the_lookahead(
+    model: Any, audio: np.ndarray, extra: int
+) -> None:
+    """At the end every frame still hears its look-ahead (or all audio up to the end): the
+    frames after the last full block are committed in one step, never block by block
+    without look-ahead; and no step is larger than block + look-ahead frames."""
+    settings = BlockSchedule(block_frames=6, lookahead_frames=3, left_context_frames=40)
+    session = StreamingSession(model, settings)
+    steps: list[tuple[int, int, int]] = []
+    encode = session._encode
+
+    def recorded(start: int, end: int, ahead: int) -> mx.array:
+        steps.append((start, end, ahead))
+        return encode(start, end, ahead)
+
+    session._encode = recorded  # type: ignore[method-assign]
+    session.accept(audio[: 16000 * 2 + extra * 640])  # the tail varies with `extra`
+    session.finish()
+    factor = model.encoder_config.subsampling_factor
+    total = math.ceil((session._mel_offset + session._mel.shape[0]) / factor)
+    assert steps[-1][1] == total == round(session.committed_seconds / model.time_ratio)
+    for start, end, ahead in steps:
+        assert ahead == min(total, end + settings.lookahead_frames), (start, end, ahead, total)
+        assert ahead - start <= settings.block_frames + settings.lookahead_frames
+    assert [end for _, end, _ in steps[:-1]] == [start for start, _, _ in steps[1:]]
+
+
 def test_per_step_work_is_bounded_by_block_lookahead_and_left_context(model: Any) -> None:
     settings = BlockSchedule(block_frames=4, lookahead_frames=2, left_context_frames=10)
     session = StreamingSession(model, settings)

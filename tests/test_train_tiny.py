@@ -1,23 +1,29 @@
 """The tools that trained tests/models/tiny-ctc-espeak: CTC loss, fast convolutions, gradient
-averaging across processes, batching, the data plan, and the vocabulary the checkpoint holds."""
+averaging across processes, batching, the data plan, the untouched evaluation set, and the
+vocabulary the checkpoint holds."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import math
 import os
+import re
+import subprocess
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
 import data
+import evaluate
 import fastconv
 import mlx.core as mx
 import numpy as np
 import parallel
 import pytest
 import train
+import untouched
 import vocab
 from parakeet_mlx.utils import from_config
 
@@ -134,3 +140,91 @@ def test_the_committed_checkpoint_holds_the_recipes_vocabulary() -> None:
     assert config["decoder"]["vocabulary"] == vocab.pieces("words")
     ids = vocab.encode("alfa seven xray", config["decoder"]["vocabulary"])
     assert [config["decoder"]["vocabulary"][i] for i in ids] == ["▁alfa", "▁seven", "▁xray"]
+
+
+TOOLS = Path(train.__file__).resolve().parent
+
+
+def _variant_files() -> set[str]:
+    """espeak-ng's voice variants (it speaks an unknown one silently in the plain voice)."""
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"Data at: (\S+)", version)
+    assert match, version
+    return {path.name for path in (Path(match.group(1)) / "voices" / "!v").iterdir()}
+
+
+def test_the_untouched_set_shares_no_voice_rate_or_pitch_with_training_or_heldout() -> None:
+    seen_variants = set(data.TRAIN_VARIANTS) | set(data.HELDOUT_VARIANTS)
+    seen_speeds = set(data.TRAIN_SPEEDS) | set(data.HELDOUT_SPEEDS)
+    assert not set(untouched.VARIANTS) & seen_variants
+    assert not set(untouched.SPEEDS) & seen_speeds
+    assert set(untouched.VARIANTS) <= _variant_files()
+    plan = untouched.plan()
+    assert plan == untouched.plan()  # a pure function of its fixed seed
+    assert plan[: evaluate.TEST_CLIPS] == untouched.plan(evaluate.TEST_CLIPS)
+    assert plan != untouched.plan(seed=untouched.SEED + 1)
+    trained = data.plan(2000, heldout=False, seed=0) + data.plan(300, heldout=True, seed=0)
+    assert min(u.pitch for u in trained) >= 20
+    assert max(u.pitch for u in trained) <= 80
+    for utterance in plan:
+        accent, _, variant = utterance.voice.partition("+")
+        assert accent in data.ACCENTS
+        assert variant in untouched.VARIANTS
+        assert utterance.speed in untouched.SPEEDS
+        assert not 20 <= utterance.pitch <= 80
+        assert 1 <= len(utterance.text.split()) <= 20
+    assert {u.voice.partition("+")[2] for u in plan} == set(untouched.VARIANTS)
+
+
+def _imports(module: str) -> set[str]:
+    """The tools/train_tiny modules `module` imports, directly or through another of them."""
+    found: set[str] = set()
+    todo = [module]
+    while todo:
+        tree = ast.parse((TOOLS / f"{todo.pop()}.py").read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if (TOOLS / f"{name}.py").exists() and name not in found:
+                    found.add(name)
+                    todo.append(name)
+    return found
+
+
+def test_nothing_that_trains_can_reach_the_untouched_set(tmp_path: Path) -> None:
+    """train.py does not import untouched.py (nor does anything it imports), reads only the
+    sets data.py writes, and data.load refuses any other name; untouched.py writes no clips."""
+    assert "untouched" not in _imports("train") | {"train"}
+    assert "untouched" not in _imports("data")
+    loads = [
+        node
+        for node in ast.walk(ast.parse((TOOLS / "train.py").read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "dataset"
+    ]
+    assert loads
+    assert all(isinstance(c.args[1], ast.Constant) and c.args[1].value in data.SETS for c in loads)
+    with pytest.raises(ValueError, match="untouched"):
+        data.load(tmp_path, "untouched")
+    source = (TOOLS / "untouched.py").read_text()
+    assert not re.search(r"np\.save|savez|\.build\(|soundfile\.write|tofile", source)
+
+
+def test_the_card_and_readme_report_the_evaluations_they_were_made_from() -> None:
+    recorded = json.loads((TRAINED_MODEL / "untouched.json").read_text())
+    card = (TRAINED_MODEL / "CARD.md").read_text()
+    assert recorded["seed"] == untouched.SEED
+    assert recorded["clips"] == untouched.CLIPS
+    assert f"seed {untouched.SEED}" in card
+    readme = (TRAINED_MODEL.parents[2] / "README.md").read_text()
+    for result in (recorded, json.loads((TRAINED_MODEL / "eval.json").read_text())):
+        for figure in (result["wer"], result["streaming"]["wer"]):
+            assert f"{100 * figure:.1f}%" in card
+            assert f"{100 * figure:.1f}%" in readme

@@ -61,6 +61,7 @@ TRAIN_VARIANTS = (
 HELDOUT_VARIANTS = ("m3", "m7", "f2", "f5", "klatt2", "iven2", "Alex", "michel")
 TRAIN_SPEEDS = tuple(range(120, 241, 10))  # words per minute
 HELDOUT_SPEEDS = (135, 155, 175, 195, 215)  # between the training rates, never one of them
+SETS = ("train", "heldout")  # what build() writes and load() reads
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,11 @@ def build(out: Path, utterances: list[Utterance], name: str, workers: int = 2) -
 
 
 def load(out: Path, name: str) -> tuple[list[np.ndarray], list[Utterance]]:
+    """The clips and utterances of one of the SETS that `build` wrote."""
+    if name not in SETS:
+        # The untouched evaluation set (untouched.py) is never a file here: nothing that
+        # trains can read it.
+        raise ValueError(f"data.py writes the sets {SETS}, not {name!r}")
     data = np.load(out / f"{name}.npz")
     samples, offsets = data["samples"], data["offsets"]
     clips = [samples[a:b] for a, b in itertools.pairwise(offsets)]

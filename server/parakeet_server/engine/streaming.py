@@ -218,7 +218,8 @@ class StreamingSession:
         return self._encode_and_decode(*self._next_span())
 
     def finish(self) -> StepResult:
-        """Ends the stream: encodes and decodes everything left, with no look-ahead."""
+        """Ends the stream: encodes and decodes everything left, each frame with all the audio
+        after it that fits in a step (block + look-ahead frames)."""
         if self._finished:
             raise RuntimeError("the stream is already finished")
         self._finished = True
@@ -230,9 +231,16 @@ class StreamingSession:
         # so the result does not depend on whether they ran before or after the end.
         while self.pending_blocks():
             committed += self.step().committed
+        # What is left is at most a step and a frame: committed in one step where it fits,
+        # else a block with its look-ahead, then the rest. (Committing it block by block
+        # without look-ahead left the last seconds without what follows them: see the
+        # accuracy table in docs/streaming.md.)
+        longest = self._settings.block_frames + self._settings.lookahead_frames
         while self._committed_frames < total:
-            end = min(self._committed_frames + self._settings.block_frames, total)
-            committed += self._encode_and_decode(self._committed_frames, end, end).committed
+            start = self._committed_frames
+            end = total if total - start <= longest else start + self._settings.block_frames
+            ahead = min(total, start + longest)
+            committed += self._encode_and_decode(start, end, ahead).committed
         self.draft = []
         return StepResult(committed, [])
 
