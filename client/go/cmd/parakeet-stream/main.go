@@ -52,6 +52,7 @@ type options struct {
 	words    bool
 	interim  bool
 	timeout  time.Duration
+	phrases  phraseFlags
 }
 
 // A partial result as printed with -json.
@@ -95,6 +96,7 @@ func main() {
 	flags.BoolVar(&o.words, "words", false, "ask for word timestamps (printed in text mode)")
 	flags.BoolVar(&o.interim, "interim", true, "ask for partial results (-interim=false: final only)")
 	flags.DurationVar(&o.timeout, "timeout", 10*time.Minute, "deadline for the whole stream")
+	addPhraseFlags(flags, &o.phrases)
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -119,6 +121,10 @@ func run(o options, args []string) error {
 	}
 	if o.chunkMS <= 0 {
 		return exitError{exitUsage, fmt.Errorf("-chunk-ms must be positive, got %d", o.chunkMS)}
+	}
+	phrases, err := o.phrases.build()
+	if err != nil {
+		return exitError{exitUsage, err}
 	}
 	file, err := readWAV(args[0])
 	if err != nil {
@@ -148,7 +154,7 @@ func run(o options, args []string) error {
 			ChannelCount:    int32(file.Format.Channels),
 		},
 		InterimResults:   o.interim,
-		Options:          &parakeetv1.TranscriptionOptions{WordTimestamps: o.words || o.json},
+		Options:          &parakeetv1.TranscriptionOptions{WordTimestamps: o.words || o.json, Phrases: phrases},
 		FinalizationMode: mode,
 	}
 	// Audio goes out from its own goroutine so partial results are read while it is sent.

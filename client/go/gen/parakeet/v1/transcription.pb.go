@@ -337,7 +337,12 @@ type TranscriptionOptions struct {
 	// Default: 0.7.
 	DurationReward *float32 `protobuf:"fixed32,6,opt,name=duration_reward,json=durationReward,proto3,oneof" json:"duration_reward,omitempty"`
 	// How the transcript is cut into segments. Default: at sentence punctuation only.
-	Segmentation  *SegmentationOptions `protobuf:"bytes,7,opt,name=segmentation,proto3" json:"segmentation,omitempty"`
+	Segmentation *SegmentationOptions `protobuf:"bytes,7,opt,name=segmentation,proto3" json:"segmentation,omitempty"`
+	// Words and phrases to favour: names, jargon, expected commands (at most 1000).
+	// Each is spelled in the model's own vocabulary and boosted while decoding
+	// (greedy and beam, one-shot, long recordings and streams). A phrase the
+	// model's vocabulary cannot spell is INVALID_ARGUMENT. Default: none.
+	Phrases       []*Phrase `protobuf:"bytes,8,rep,name=phrases,proto3" json:"phrases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +422,13 @@ func (x *TranscriptionOptions) GetDurationReward() float32 {
 func (x *TranscriptionOptions) GetSegmentation() *SegmentationOptions {
 	if x != nil {
 		return x.Segmentation
+	}
+	return nil
+}
+
+func (x *TranscriptionOptions) GetPhrases() []*Phrase {
+	if x != nil {
+		return x.Phrases
 	}
 	return nil
 }
@@ -1950,6 +1962,67 @@ func (x *CacheStats) GetDiskErrors() int64 {
 	return 0
 }
 
+// A word or phrase for the decoder to favour (TranscriptionOptions.phrases).
+type Phrase struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The phrase as it is written, 1 to 100 characters, e.g. "Kubernetes" or
+	// "Dr. Okonkwo". On a model that writes capitals, it is also tried
+	// lower-cased and capitalised, as it may appear mid-sentence or first.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// How strongly to favour it, greater than 0 and at most 20 (required).
+	// Each token of the phrase gains boost / 4 nats of log-probability while
+	// it is being matched, and a partial match that breaks off loses what it
+	// gained. 5 to 10 recovers most misheard words; above that, unspoken
+	// phrases start to appear.
+	Boost         float32 `protobuf:"fixed32,2,opt,name=boost,proto3" json:"boost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Phrase) Reset() {
+	*x = Phrase{}
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Phrase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Phrase) ProtoMessage() {}
+
+func (x *Phrase) ProtoReflect() protoreflect.Message {
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Phrase.ProtoReflect.Descriptor instead.
+func (*Phrase) Descriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Phrase) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Phrase) GetBoost() float32 {
+	if x != nil {
+		return x.Boost
+	}
+	return 0
+}
+
 var File_parakeet_v1_transcription_proto protoreflect.FileDescriptor
 
 const file_parakeet_v1_transcription_proto_rawDesc = "" +
@@ -1962,7 +2035,7 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\bEncoding\x12\x18\n" +
 	"\x14ENCODING_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ENCODING_LINEAR16\x10\x01\x12\x14\n" +
-	"\x10ENCODING_FLOAT32\x10\x02\"\x97\x03\n" +
+	"\x10ENCODING_FLOAT32\x10\x02\"\xc6\x03\n" +
 	"\x14TranscriptionOptions\x12'\n" +
 	"\x0fword_timestamps\x18\x01 \x01(\bR\x0ewordTimestamps\x12D\n" +
 	"\x0fdecoding_method\x18\x02 \x01(\x0e2\x1b.parakeet.v1.DecodingMethodR\x0edecodingMethod\x12\x1b\n" +
@@ -1970,7 +2043,8 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\x0elength_penalty\x18\x04 \x01(\x02H\x00R\rlengthPenalty\x88\x01\x01\x12\x1f\n" +
 	"\bpatience\x18\x05 \x01(\x02H\x01R\bpatience\x88\x01\x01\x12,\n" +
 	"\x0fduration_reward\x18\x06 \x01(\x02H\x02R\x0edurationReward\x88\x01\x01\x12D\n" +
-	"\fsegmentation\x18\a \x01(\v2 .parakeet.v1.SegmentationOptionsR\fsegmentationB\x11\n" +
+	"\fsegmentation\x18\a \x01(\v2 .parakeet.v1.SegmentationOptionsR\fsegmentation\x12-\n" +
+	"\aphrases\x18\b \x03(\v2\x13.parakeet.v1.PhraseR\aphrasesB\x11\n" +
 	"\x0f_length_penaltyB\v\n" +
 	"\t_patienceB\x12\n" +
 	"\x10_duration_reward\"\xac\x01\n" +
@@ -2121,7 +2195,10 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\tdisk_hits\x18\a \x01(\x03R\bdiskHits\x12#\n" +
 	"\rdisk_rejected\x18\b \x01(\x03R\fdiskRejected\x12\x1f\n" +
 	"\vdisk_errors\x18\t \x01(\x03R\n" +
-	"diskErrors*g\n" +
+	"diskErrors\"2\n" +
+	"\x06Phrase\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x14\n" +
+	"\x05boost\x18\x02 \x01(\x02R\x05boost*g\n" +
 	"\x0eDecodingMethod\x12\x1f\n" +
 	"\x1bDECODING_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DECODING_METHOD_GREEDY\x10\x01\x12\x18\n" +
@@ -2157,7 +2234,7 @@ func file_parakeet_v1_transcription_proto_rawDescGZIP() []byte {
 }
 
 var file_parakeet_v1_transcription_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_parakeet_v1_transcription_proto_goTypes = []any{
 	(DecodingMethod)(0),                 // 0: parakeet.v1.DecodingMethod
 	(FinalizationMode)(0),               // 1: parakeet.v1.FinalizationMode
@@ -2180,63 +2257,65 @@ var file_parakeet_v1_transcription_proto_goTypes = []any{
 	(*GetServerInfoRequest)(nil),        // 18: parakeet.v1.GetServerInfoRequest
 	(*GetServerInfoResponse)(nil),       // 19: parakeet.v1.GetServerInfoResponse
 	(*CacheStats)(nil),                  // 20: parakeet.v1.CacheStats
-	nil,                                 // 21: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	(*durationpb.Duration)(nil),         // 22: google.protobuf.Duration
+	(*Phrase)(nil),                      // 21: parakeet.v1.Phrase
+	nil,                                 // 22: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	(*durationpb.Duration)(nil),         // 23: google.protobuf.Duration
 }
 var file_parakeet_v1_transcription_proto_depIdxs = []int32{
 	3,  // 0: parakeet.v1.AudioFormat.encoding:type_name -> parakeet.v1.AudioFormat.Encoding
 	0,  // 1: parakeet.v1.TranscriptionOptions.decoding_method:type_name -> parakeet.v1.DecodingMethod
 	6,  // 2: parakeet.v1.TranscriptionOptions.segmentation:type_name -> parakeet.v1.SegmentationOptions
-	22, // 3: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
-	22, // 4: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
-	4,  // 5: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 6: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	11, // 7: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 8: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	4,  // 9: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 10: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	12, // 11: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
-	11, // 12: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 13: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	12, // 14: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
-	22, // 15: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
-	22, // 16: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
-	13, // 17: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
-	22, // 18: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
-	22, // 19: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
-	4,  // 20: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
-	5,  // 21: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
-	1,  // 22: parakeet.v1.StreamingConfig.finalization_mode:type_name -> parakeet.v1.FinalizationMode
-	15, // 23: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
-	11, // 24: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	14, // 25: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	2,  // 26: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
-	22, // 27: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
-	22, // 28: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
-	22, // 29: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	21, // 30: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	22, // 31: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
-	22, // 32: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
-	22, // 33: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
-	22, // 34: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
-	22, // 35: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
-	20, // 36: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
-	20, // 37: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
-	22, // 38: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
-	22, // 39: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
-	7,  // 40: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
-	9,  // 41: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
-	16, // 42: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
-	18, // 43: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
-	8,  // 44: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
-	10, // 45: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
-	17, // 46: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
-	19, // 47: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
-	44, // [44:48] is the sub-list for method output_type
-	40, // [40:44] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	21, // 3: parakeet.v1.TranscriptionOptions.phrases:type_name -> parakeet.v1.Phrase
+	23, // 4: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
+	23, // 5: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
+	4,  // 6: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
+	5,  // 7: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	11, // 8: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	14, // 9: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	4,  // 10: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
+	5,  // 11: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	12, // 12: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
+	11, // 13: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
+	14, // 14: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	12, // 15: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
+	23, // 16: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
+	23, // 17: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
+	13, // 18: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
+	23, // 19: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
+	23, // 20: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
+	4,  // 21: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
+	5,  // 22: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
+	1,  // 23: parakeet.v1.StreamingConfig.finalization_mode:type_name -> parakeet.v1.FinalizationMode
+	15, // 24: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
+	11, // 25: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	14, // 26: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	2,  // 27: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
+	23, // 28: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
+	23, // 29: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
+	23, // 30: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	22, // 31: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	23, // 32: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
+	23, // 33: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
+	23, // 34: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
+	23, // 35: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
+	23, // 36: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
+	20, // 37: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
+	20, // 38: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
+	23, // 39: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
+	23, // 40: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
+	7,  // 41: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
+	9,  // 42: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
+	16, // 43: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
+	18, // 44: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
+	8,  // 45: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
+	10, // 46: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
+	17, // 47: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
+	19, // 48: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
+	45, // [45:49] is the sub-list for method output_type
+	41, // [41:45] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_parakeet_v1_transcription_proto_init() }
@@ -2255,7 +2334,7 @@ func file_parakeet_v1_transcription_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parakeet_v1_transcription_proto_rawDesc), len(file_parakeet_v1_transcription_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -62,7 +62,7 @@ class AudioFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioFormat.Encoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., channel_count: _Optional[int] = ...) -> None: ...
 
 class TranscriptionOptions(_message.Message):
-    __slots__ = ("word_timestamps", "decoding_method", "beam_size", "length_penalty", "patience", "duration_reward", "segmentation")
+    __slots__ = ("word_timestamps", "decoding_method", "beam_size", "length_penalty", "patience", "duration_reward", "segmentation", "phrases")
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     DECODING_METHOD_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class TranscriptionOptions(_message.Message):
     PATIENCE_FIELD_NUMBER: _ClassVar[int]
     DURATION_REWARD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    PHRASES_FIELD_NUMBER: _ClassVar[int]
     word_timestamps: bool
     decoding_method: DecodingMethod
     beam_size: int
@@ -77,7 +78,8 @@ class TranscriptionOptions(_message.Message):
     patience: float
     duration_reward: float
     segmentation: SegmentationOptions
-    def __init__(self, word_timestamps: _Optional[bool] = ..., decoding_method: _Optional[_Union[DecodingMethod, str]] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., patience: _Optional[float] = ..., duration_reward: _Optional[float] = ..., segmentation: _Optional[_Union[SegmentationOptions, _Mapping]] = ...) -> None: ...
+    phrases: _containers.RepeatedCompositeFieldContainer[Phrase]
+    def __init__(self, word_timestamps: _Optional[bool] = ..., decoding_method: _Optional[_Union[DecodingMethod, str]] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., patience: _Optional[float] = ..., duration_reward: _Optional[float] = ..., segmentation: _Optional[_Union[SegmentationOptions, _Mapping]] = ..., phrases: _Optional[_Iterable[_Union[Phrase, _Mapping]]] = ...) -> None: ...
 
 class SegmentationOptions(_message.Message):
     __slots__ = ("max_words", "max_silence", "max_duration")
@@ -349,3 +351,11 @@ class CacheStats(_message.Message):
     disk_rejected: int
     disk_errors: int
     def __init__(self, max_bytes: _Optional[int] = ..., bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., disk_hits: _Optional[int] = ..., disk_rejected: _Optional[int] = ..., disk_errors: _Optional[int] = ...) -> None: ...
+
+class Phrase(_message.Message):
+    __slots__ = ("text", "boost")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    boost: float
+    def __init__(self, text: _Optional[str] = ..., boost: _Optional[float] = ...) -> None: ...
