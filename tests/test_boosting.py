@@ -158,6 +158,38 @@ def test_ctc_greedy_a_repeated_frame_gains_nothing() -> None:
     assert ctc_path(frames, BLANK, DecoderState(), word).tolist() == [5, BLANK]
 
 
+def test_ctc_greedy_is_the_best_log_probability_plus_gain_at_every_frame() -> None:
+    """ctc_path skips frames and batches work; on random frames and random phrases it chooses
+    what the plain rule chooses frame by frame, whatever the block boundaries."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        size = int(rng.integers(3, 10))
+        frames = rng.normal(0, 2, (int(rng.integers(1, 40)), size + 1)).astype(np.float32)
+        frames[:, size] += rng.normal(2, 2)  # blank (the last token) mostly wins
+        paths = [
+            (tuple(rng.integers(0, size, int(rng.integers(1, 4))).tolist()), rng.uniform(0.1, 3))
+            for _ in range(int(rng.integers(1, 5)))
+        ]
+        graph = ContextGraph(paths)
+        wanted, context, previous = [], ROOT, -1
+        for row in frames:
+            ids, gains = graph.gains(context)
+            scores = row.copy()
+            scores[ids] += np.where(ids == previous, 0.0, gains)
+            token = int(scores.argmax())
+            if token != size and token != previous:
+                context = graph.next_state(context, token)
+            wanted.append(token)
+            previous = token
+        cut = int(rng.integers(0, len(frames) + 1))
+        state = DecoderState()
+        got = [
+            *ctc_path(frames[:cut].copy(), size, state, graph).tolist(),
+            *ctc_path(frames[cut:].copy(), size, state, graph).tolist(),
+        ]
+        assert (got, state.context) == (wanted, context)
+
+
 def _collapse(path: np.ndarray) -> list[int]:
     out: list[int] = []
     previous = -1
@@ -261,7 +293,7 @@ def test_a_boost_that_changes_no_choice_gives_parakeet_mlx_own_result(
     """The boosted decoders are parakeet-mlx's greedy decoding plus gains: with a gain too
     small to change any choice, the same tokens, times and confidences (on the trained model,
     whose confident frames make the confidences tell its CTC frames apart)."""
-    word = "zq"
+    word, noise = "zq", noise[:32000]  # the random RNN-T says a token every step: 2 s do
     if kind == "trained ctc":
         engine, noise, word = ParakeetEngine.load(str(TRAINED_MODEL)), speech, "zulu"
     else:
@@ -295,7 +327,7 @@ def test_a_strong_boost_brings_the_phrase_out_of_a_random_model(
 ) -> None:
     engine = engines[kind]
     options = TranscriptionOptions(decoding=decoding, beam_size=2)
-    samples = noise[: 16000 * 2] if decoding is DecodingMethod.BEAM else noise
+    samples = noise[:16000] if kind == "rnnt" else noise[:32000]
     # Greedy: a one-piece word; beam: three pieces ("▁b e d"), which only a hypothesis that
     # completes them keeps the credit of.
     word = "bed" if decoding is DecodingMethod.BEAM else "ab"
@@ -363,15 +395,26 @@ def test_a_stream_boosts_its_phrases_and_carries_their_state_across_blocks(
     assert session._state.context == graph.replay(ROOT, transcript.token_ids) != ROOT
 
 
-def test_streams_stepped_together_each_keep_their_own_phrases(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained() -> ParakeetEngine:
+    return ParakeetEngine.load(str(TRAINED_MODEL))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """A held-out voice in which the trained model hears "walk how" for "walk home"."""
+    folder = tmp_path_factory.mktemp("home")
+    return _speech(folder, "the children began the long walk home after the music", "en-us+m7", 195)
+
+
+def test_streams_stepped_together_each_keep_their_own_phrases(
+    trained: ParakeetEngine, home: np.ndarray, tmp_path: Path
+) -> None:
     """step_streams runs several streams' blocks as one batch; each stream still decodes with
     its own phrases and state (trained model, held-out voices, words it mishears)."""
-    engine = ParakeetEngine.load(str(TRAINED_MODEL))
-    home = _speech(
-        tmp_path, "the children began the long walk home after the music", "en-us+m7", 195
-    )
+    engine = trained
     eight = _speech(tmp_path, "four eight one six two", "en-us+m3", 155)
-    schedule = BlockSchedule(block_frames=12, lookahead_frames=6, left_context_frames=40)
+    schedule = BlockSchedule(block_frames=32, lookahead_frames=16, left_context_frames=64)
     streams = [
         (home, (Phrase("home", 8),)),
         (eight, ()),
@@ -396,13 +439,12 @@ def test_streams_stepped_together_each_keep_their_own_phrases(tmp_path: Path) ->
     assert "eight" in together[2].split()  # ... and heard boosted, in the same batch
 
 
-def test_short_recordings_batched_together_are_boosted_as_each_alone(tmp_path: Path) -> None:
+def test_short_recordings_batched_together_are_boosted_as_each_alone(
+    trained: ParakeetEngine, home: np.ndarray
+) -> None:
     """transcribe_batch groups recordings by options (phrases included) into one encoder pass;
     each group decodes with its own phrases."""
-    engine = ParakeetEngine.load(str(TRAINED_MODEL))
-    home = _speech(
-        tmp_path, "the children began the long walk home after the music", "en-us+m7", 195
-    )
+    engine = trained
     boosted = TranscriptionOptions(phrases=(Phrase("home", 8),))
     requests = [(home, boosted), (home[:-1600], boosted), (home, TranscriptionOptions())]
     together = engine.transcribe_batch(requests)
@@ -416,3 +458,17 @@ def _speech(folder: Path, text: str, voice: str, speed: int) -> np.ndarray:
         convert(spoken, folder / f"{voice}-{speed}-16k.wav", rate=16000), dtype="float32"
     )
     return np.asarray(samples)
+
+
+@pytest.mark.parametrize("kind", ["tdt", "ctc"])
+def test_a_bfloat16_model_boosts_too(
+    checkpoints: dict[str, Path], kind: str, noise: np.ndarray
+) -> None:
+    """bfloat16 (the GPU's default) has no numpy twin: the decoders cast before reading."""
+    engine = ParakeetEngine.load(str(checkpoints[kind]), dtype="bfloat16")
+    phrases = (Phrase("ab", 20),)
+    assert "ab" in engine.transcribe(noise[:32000], TranscriptionOptions(phrases=phrases)).text
+    session = engine.open_stream(BlockSchedule(block_frames=4, lookahead_frames=2), phrases)
+    engine.stream_block(session, noise[:32000])
+    transcript, _ = engine.stream_finish(session, np.zeros(0, np.float32), TranscriptionOptions())
+    assert "ab" in transcript.text.split()

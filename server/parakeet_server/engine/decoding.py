@@ -10,6 +10,7 @@ decodes a whole recording's CTC frames with parakeet-mlx's own token times and c
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,17 +33,24 @@ def copy_state(state: DecoderState) -> DecoderState:
     return replace(state)
 
 
-def boosted_choice(values: np.ndarray, graph: ContextGraph, context: int, repeat: int = -1) -> int:
-    """The token with the best log-probability (or logit: the same up to a constant) plus its
-    gain from `context`; `repeat` (CTC's previous frame) emits nothing new, so gains nothing."""
-    token = int(values.argmax())
-    ids, gains = graph.gains(context)
-    if ids.size:
-        scores = values[ids] + (gains if repeat < 0 else np.where(ids == repeat, 0.0, gains))
-        best = int(scores.argmax())
-        if scores[best] > values[token]:
-            token = int(ids[best])
-    return token
+# Per graph and state, the gains of every token as one MLX row (blank gains nothing): a
+# transducer step adds it to the joint's logits inside the same evaluation as the argmax.
+_GAIN_ROWS: weakref.WeakKeyDictionary[ContextGraph, dict[int, mx.array]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def gain_row(graph: ContextGraph, state: int, size: int) -> mx.array:
+    """What each of `size` tokens (the blank last) gains from `state`, as an MLX row."""
+    rows = _GAIN_ROWS.setdefault(graph, {})
+    key = graph.gain_state(state)
+    row = rows.get(key)
+    if row is None:
+        dense = np.zeros(size, dtype=np.float32)
+        ids, gains = graph.gains(key)
+        dense[ids] = gains
+        row = rows[key] = mx.array(dense)
+    return row
 
 
 def _confidence(logits: mx.array) -> float:
@@ -79,8 +87,8 @@ def transducer_greedy(
         logits = joint[:, : blank + 1] if tdt else joint
         if graph is None:
             token = int(mx.argmax(logits))
-        else:
-            token = boosted_choice(np.array(logits[0], copy=False), graph, state.context)
+        else:  # logits, not log-probabilities: the same up to a constant per step
+            token = int(mx.argmax(logits + gain_row(graph, state.context, logits.shape[-1])))
         duration = model.durations[int(mx.argmax(joint[:, blank + 1 :]))] if tdt else None
         if token != blank:
             tokens.append(
@@ -202,8 +210,8 @@ def ctc_greedy(
         best = np.array(mx.argmax(logits, axis=-1))
         state.previous_ctc = int(best[-1]) if len(best) else previous
     else:
-        best = ctc_path(np.array(logits, dtype=np.float32), blank, state, graph)
-    probs = np.array(mx.max(mx.softmax(logits, axis=-1), axis=-1))
+        best = ctc_path(np.array(logits.astype(mx.float32)), blank, state, graph)
+    probs = np.array(mx.max(mx.softmax(logits, axis=-1), axis=-1).astype(mx.float32))
     tokens = []
     for frame, token in enumerate(best.tolist()):
         if token != blank and token != previous:
@@ -232,7 +240,7 @@ def ctc_whole(
 
     vocabulary = model.vocabulary
     blank = len(vocabulary)
-    path = ctc_path(np.array(logits, dtype=np.float32), blank, state, graph).tolist()
+    path = ctc_path(np.array(logits.astype(mx.float32)), blank, state, graph).tolist()
     probs = mx.exp(logits)
     max_entropy = mx.log(mx.array(blank + 1, dtype=probs.dtype))
 

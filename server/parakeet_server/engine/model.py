@@ -485,11 +485,11 @@ class ParakeetEngine:
         state = DecoderState(context=context)
         if self.info.kind == "ctc":
             return ctc_whole(self._model, self._model.decoder(features)[0, :length], state, graph)
-        if isinstance(config.decoding, Beam) and graph is not None:
-            beam = replace(config.decoding, booster=self._booster(graph, context, config.decoding))
-            hypotheses, _ = self._model.decode(
-                features[:, :length], config=replace(config, decoding=beam)
-            )
+        if isinstance(config.decoding, Beam):
+            if graph is not None:
+                booster = self._booster(graph, context, config.decoding)
+                config = replace(config, decoding=replace(config.decoding, booster=booster))
+            hypotheses, _ = self._model.decode(features[:, :length], config=config)
             return list(hypotheses[0])
         return transducer_greedy(
             self._model, features[:, :length], 0, state, self.info.kind != "rnnt", graph
