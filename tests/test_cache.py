@@ -41,6 +41,7 @@ from parakeet_server.cache.store import (
 from parakeet_server.config import MIB, ServerConfig
 from parakeet_server.domain import (
     DecodingMethod,
+    Phrase,
     Segment,
     Transcript,
     TranscriptionOptions,
@@ -299,6 +300,7 @@ OPTION_CHANGES: dict[str, Any] = {
     "max_words": 10,
     "max_silence_seconds": 0.5,
     "max_segment_seconds": 10.0,
+    "phrases": (Phrase("kubernetes", 5.0),),
 }
 
 
@@ -321,6 +323,20 @@ def test_transcript_key_changes_with_everything_that_shapes_the_result(
 ) -> None:
     assert _transcript_key(**changes) != _transcript_key()
     assert _transcript_key() == _transcript_key(options=TranscriptionOptions())
+
+
+def test_transcript_key_tells_boosted_phrases_and_boosts_apart() -> None:
+    def key(*phrases: Phrase) -> str:
+        return _transcript_key(options=TranscriptionOptions(phrases=phrases))
+
+    keys = {
+        key(),
+        key(Phrase("kubernetes", 5.0)),
+        key(Phrase("kubernetes", 6.0)),
+        key(Phrase("Kubernetes", 5.0)),
+        key(Phrase("kubernetes", 5.0), Phrase("helm", 5.0)),
+    }
+    assert len(keys) == 5
 
 
 def test_option_changes_cover_every_option() -> None:

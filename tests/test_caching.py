@@ -30,14 +30,14 @@ def _noise(seed: int, seconds: float = 2.0) -> bytes:
 
 
 def _raw(
-    stub: pb_grpc.TranscriptionServiceStub, audio: bytes, **options: bool
+    stub: pb_grpc.TranscriptionServiceStub, audio: bytes, **options: object
 ) -> pb.TranscribeResponse:
     return transcribe(
         stub,
         audio,
         encoding=pb.AudioFormat.ENCODING_FLOAT32,
         sample_rate=16000,
-        **options,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -88,6 +88,16 @@ def test_other_options_reuse_the_audio_but_not_the_transcript(
     assert with_words.metrics.audio_cache_hit
     assert not with_words.metrics.cache_hit
     assert with_words.transcript.text == plain.transcript.text
+    # Boosted phrases shape the transcript: a boosted request never gets the plain one's (nor
+    # one boosted otherwise), and a repeat of it gets its own.
+    for boost in (20.0, 19.0):
+        boosted = _raw(stub, audio, phrases=[pb.Phrase(text="ab", boost=boost)])
+        assert boosted.metrics.audio_cache_hit
+        assert not boosted.metrics.cache_hit
+        assert boosted.transcript.text != plain.transcript.text
+    again = _raw(stub, audio, phrases=[pb.Phrase(text="ab", boost=19.0)])
+    assert again.metrics.cache_hit
+    assert again.transcript == boosted.transcript
     # The same bytes described as another format are other audio.
     as_linear16 = transcribe(
         stub, audio, encoding=pb.AudioFormat.ENCODING_LINEAR16, sample_rate=16000

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile
 
+from parakeet_client.cli import build_parser
+from parakeet_client.phrases import DEFAULT_BOOST, parse_phrase, phrases_of
+from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_server.testing.launcher import RunningServer
 
 
@@ -141,3 +146,58 @@ def test_stream_realtime_takes_as_long_as_the_audio(
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("[final] ")
     assert any(line.startswith("[draft] ") for line in lines[:-1])
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "boost"),
+    [
+        ("Kubernetes", "Kubernetes", DEFAULT_BOOST),
+        ("Dr. Okonkwo:12.5", "Dr. Okonkwo", 12.5),
+        ("new york : 3", "new york", 3.0),
+        ("Re:Invent", "Re:Invent", DEFAULT_BOOST),  # not a number after the colon: text
+        ("10:30:20", "10:30", 20.0),
+    ],
+)
+def test_a_phrase_flag_is_text_and_an_optional_boost(value: str, text: str, boost: float) -> None:
+    assert parse_phrase(value) == pb.Phrase(text=text, boost=boost)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ok:0", "in (0, 20]"),
+        ("ok:21", "in (0, 20]"),
+        ("ok:nan", "in (0, 20]"),
+        (":5", "no text"),
+        (" ", "empty"),
+    ],
+)
+def test_a_bad_phrase_flag_says_why(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_phrase(value)
+
+
+def test_phrase_flags_and_file_are_sent_and_a_bad_one_is_a_usage_error(
+    server: RunningServer, speech_dir: Path, tmp_path: Path
+) -> None:
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("# team names\n\nbe:5\nok\n")
+    args = build_parser().parse_args(
+        ["transcribe", "--phrase", "ab:20", "--phrases-file", str(phrases), "x.wav"]
+    )
+    assert phrases_of(args) == [
+        pb.Phrase(text="ab", boost=20),
+        pb.Phrase(text="be", boost=5),
+        pb.Phrase(text="ok", boost=DEFAULT_BOOST),
+    ]
+    wav = str(speech_dir / "speech.wav")
+    # A phrase the model cannot spell: the server's refusal proves the phrases reach it.
+    for command in ("transcribe", "stream"):
+        result = _client("--server", server.address, command, "--phrase", "route 66", wav)
+        assert result.returncode == 1, result.stderr
+        assert "INVALID_ARGUMENT" in result.stderr
+        assert "'route 66'" in result.stderr
+    phrases.write_text("ok\nnope:99\n")
+    result = _client("--server", server.address, "transcribe", "--phrases-file", str(phrases), wav)
+    assert result.returncode == 2
+    assert f"{phrases}:2: phrase 'nope:99'" in result.stderr

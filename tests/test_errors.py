@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from conftest import details, transcribe
+from conftest import details, stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_server.testing.launcher import RunningServer, start_server
@@ -185,3 +186,46 @@ def test_ctc_model_refuses_beam_search(checkpoints: dict[str, Path], tmp_path: P
         assert info.model_kind == pb.MODEL_KIND_CTC
     finally:
         assert running.stop() == 0
+
+
+_BAD_PHRASES = [
+    ([pb.Phrase(text="", boost=5)], "options.phrases[0].text is empty"),
+    ([pb.Phrase(text="ok", boost=5), pb.Phrase(text="x" * 101, boost=5)], "[1].text is 101"),
+    ([pb.Phrase(text="ok")], "phrases[0].boost ('ok') must be greater than 0"),
+    ([pb.Phrase(text="ok", boost=-1)], "phrases[0].boost"),
+    ([pb.Phrase(text="ok", boost=float("nan"))], "not nan"),
+    ([pb.Phrase(text="ok", boost=20.5)], "at most 20"),
+    ([pb.Phrase(text="ok", boost=5)] * 1001, "1001 phrases; at most 1000"),
+    # The checkpoint's vocabulary has letters and a few marks: no piece writes a digit.
+    ([pb.Phrase(text="ok", boost=5), pb.Phrase(text="route 66", boost=5)], "phrases[1] 'route 66'"),
+]
+
+
+@pytest.mark.parametrize(("phrases", "message"), _BAD_PHRASES)
+def test_bad_phrases_are_invalid_argument_on_every_rpc(
+    stub: pb_grpc.TranscriptionServiceStub,
+    speech_wav: bytes,
+    phrases: list[pb.Phrase],
+    message: str,
+) -> None:
+    """Phrase boosting's limits (and what the model cannot spell) name the phrase, for
+    Transcribe, TranscribeLong and a stream's config; the server goes on serving."""
+    options = pb.TranscriptionOptions(phrases=phrases)
+    calls: dict[str, Callable[[], object]] = {
+        "Transcribe": lambda: stub.Transcribe(
+            pb.TranscribeRequest(audio=speech_wav, options=options), timeout=60
+        ),
+        "TranscribeLong": lambda: list(
+            stub.TranscribeLong(pb.TranscribeLongRequest(audio=speech_wav, options=options))
+        ),
+        # Refused at the config, before any audio (none is sent).
+        "StreamingTranscribe": lambda: stream(stub, b"", phrases=phrases),
+    }
+    for rpc, call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, raised.value)
+        assert message in details(raised.value), (rpc, details(raised.value))
+    fine = [pb.Phrase(text="ok", boost=5)]
+    assert transcribe(stub, speech_wav, phrases=fine).transcript.segments
+    assert stream(stub, _silence(1), phrases=fine)[-1].is_final

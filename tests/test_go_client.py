@@ -222,3 +222,25 @@ def test_endpointing_prints_each_utterance_and_single_utterance_stops_after_one(
     assert refused.returncode == 1
     assert "INVALID_ARGUMENT" in refused.stderr
     assert "endpointing.trailing_silence" in refused.stderr
+
+
+def test_phrases_reach_the_server_and_a_bad_boost_is_a_usage_error(
+    go_client: Path, server: RunningServer, speech_dir: Path, tmp_path: Path
+) -> None:
+    wav = str(speech_dir / "speech.wav")
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("# names\nab:20\n")
+    boosted = _stream_json(
+        go_client, server, speech_dir / "speech.wav", "-phrases-file", str(phrases)
+    )
+    plain = _stream_json(go_client, server, speech_dir / "speech.wav")
+    assert "ab" in boosted[-1]["text"].split()
+    assert "ab" not in plain[-1]["text"].split()
+    # What the model cannot spell is refused by the server, naming the phrase.
+    run = _run(go_client, "-server", server.address, "-phrase", "ok", "-phrase", "route 66", wav)
+    assert run.returncode == 1
+    assert "INVALID_ARGUMENT" in run.stderr
+    assert "'route 66'" in run.stderr
+    run = _run(go_client, "-server", server.address, "-phrase", "ok:0", wav)
+    assert run.returncode == 2
+    assert "the boost must be in (0, 20]" in run.stderr

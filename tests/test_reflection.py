@@ -172,6 +172,12 @@ def test_list_shows_the_service_health_and_reflection(server: RunningServer) -> 
                 "FINALIZATION_MODE_FULL_CONTEXT = 3;",
             ],
         ),
+        # Issue 14: phrase boosting.
+        (
+            "parakeet.v1.TranscriptionOptions",
+            ["repeated .parakeet.v1.Phrase phrases = 8;"],
+        ),
+        ("parakeet.v1.Phrase", ["string text = 1;", "float boost = 2;"]),
     ],
 )
 def test_describe_shows_the_promised_names(

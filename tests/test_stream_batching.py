@@ -168,9 +168,9 @@ def test_short_recordings_batched_together_give_what_each_gives_alone(
     sizes: list[int] = []
     real = engine._generate_padded
 
-    def counting(pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
+    def counting(pieces: list[np.ndarray], config: Any, graph: Any) -> list[list[Any]]:
         sizes.append(len(pieces))
-        return real(pieces, config)
+        return real(pieces, config, graph)
 
     monkeypatch.setattr(engine, "_generate_padded", counting)
     together = engine.transcribe_batch(requests)

@@ -62,6 +62,7 @@ class BatchSettings:
     metadata: tuple[tuple[str, str], ...] = ()
     audio_format: pb.AudioFormat = field(default_factory=pb.AudioFormat)
     beam: int = 0
+    phrases: tuple[pb.Phrase, ...] = ()  # --phrase, --phrases-file
 
 
 @dataclass
@@ -304,6 +305,7 @@ class _Job:
                 if settings.beam
                 else pb.DECODING_METHOD_GREEDY,
                 beam_size=settings.beam,
+                phrases=settings.phrases,
             ),
         )
         attempt = 0

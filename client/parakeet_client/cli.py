@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from parakeet_client.batch import BatchSettings, balanced_target, collect, plan, run_batch
 from parakeet_client.formats import FORMATS
+from parakeet_client.phrases import add_phrase_flags, phrases_of
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
 from parakeet_client.proto.parakeet.v1 import transcription_pb2_grpc as pb_grpc
 from parakeet_client.stream import (
@@ -129,6 +130,7 @@ def _transcribe(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace
             word_timestamps=args.words or args.json,
             decoding_method=pb.DECODING_METHOD_BEAM if args.beam else pb.DECODING_METHOD_GREEDY,
             beam_size=args.beam or 0,
+            phrases=args.phrases,
         ),
     )
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -187,6 +189,7 @@ def _transcribe_batch(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Nam
             channel_count=args.channels,
         ),
         beam=args.beam or 0,
+        phrases=tuple(args.phrases),
     )
     try:
         settings.template.format(filename="f", parent="p", date="d", index="1")
@@ -285,7 +288,9 @@ def _stream(stub: pb_grpc.TranscriptionServiceStub, args: argparse.Namespace) ->
                 channel_count=channels,
             ),
             interim_results=not args.no_interim,
-            options=pb.TranscriptionOptions(word_timestamps=args.words or args.json),
+            options=pb.TranscriptionOptions(
+                word_timestamps=args.words or args.json, phrases=args.phrases
+            ),
             finalization_mode=_MODES[args.mode],
             endpointing=_endpointing_config(args),
         )
@@ -475,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
+    add_phrase_flags(transcribe)
     batch = transcribe.add_argument_group("many files")
     batch.add_argument(
         "--jobs", type=int, metavar="N", help="files transcribed at once (default 4)"
@@ -549,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--json", action="store_true", help="print only the final response as JSON")
     stream.add_argument("--words", action="store_true", help="print word timestamps")
     _add_endpointing_flags(stream)
+    add_phrase_flags(stream)
     info = commands.add_parser("info", help="show the loaded model and server")
     info.add_argument("--json", action="store_true", help="print the response as JSON")
     return parser
@@ -597,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"transcribe": _transcribe, "stream": _stream, "info": _info}
     try:
         token = _token(args)
+        args.phrases = phrases_of(args) if args.command in ("transcribe", "stream") else []
         channel = _channel(args)
     except (OSError, ValueError) as error:
         return _fail(str(error), EXIT_USAGE)

@@ -15,6 +15,42 @@ class DecodingMethod(enum.Enum):
     BEAM = "beam"
 
 
+# Phrase boosting limits (TranscriptionOptions.phrases): what a request may ask for.
+MAX_PHRASES = 1000
+MAX_PHRASE_CHARS = 100
+MAX_BOOST = 20.0
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A word or phrase the decoder favours by `boost` (in (0, MAX_BOOST])."""
+
+    text: str
+    boost: float
+
+
+def phrase_problem(phrases: tuple[Phrase, ...], field: str) -> str | None:
+    """Why `phrases` cannot be used (a sentence naming the field), or None when they can."""
+    if len(phrases) > MAX_PHRASES:
+        return f"{field} has {len(phrases)} phrases; at most {MAX_PHRASES} are accepted"
+    for index, phrase in enumerate(phrases):
+        name = f"{field}[{index}]"
+        if not phrase.text.strip():
+            return f"{name}.text is empty; give the word or phrase to favour"
+        if len(phrase.text) > MAX_PHRASE_CHARS:
+            return (
+                f"{name}.text is {len(phrase.text)} characters long ({phrase.text[:20]!r}...); "
+                f"at most {MAX_PHRASE_CHARS} are accepted"
+            )
+        # `not 0 < boost` is true for NaN too.
+        if not 0.0 < phrase.boost <= MAX_BOOST:
+            return (
+                f"{name}.boost ({phrase.text!r}) must be greater than 0 and at most "
+                f"{MAX_BOOST:g}, not {phrase.boost}"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class TranscriptionOptions:
     """What a client may choose; the defaults are what a dictation client wants."""
@@ -28,6 +64,8 @@ class TranscriptionOptions:
     max_words: int | None = None
     max_silence_seconds: float | None = None
     max_segment_seconds: float | None = None
+    # Words and phrases to favour while decoding (phrase boosting); checked by phrase_problem.
+    phrases: tuple[Phrase, ...] = ()
 
 
 @dataclass(frozen=True)

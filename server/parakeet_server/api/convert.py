@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.duration_pb2 import Duration
 
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
@@ -9,10 +11,12 @@ from parakeet_server.audio.decode import Encoding
 from parakeet_server.cache.store import CacheStats
 from parakeet_server.domain import (
     DecodingMethod,
+    Phrase,
     Progress,
     Segment,
     Transcript,
     TranscriptionOptions,
+    phrase_problem,
 )
 from parakeet_server.errors import InvalidRequest
 from parakeet_server.ops.perf import RequestFigures
@@ -106,7 +110,17 @@ def options_from_proto(options: pb.TranscriptionOptions) -> TranscriptionOptions
         max_words=segmentation.max_words or None,
         max_silence_seconds=_seconds(segmentation.max_silence, "max_silence"),
         max_segment_seconds=_seconds(segmentation.max_duration, "max_duration"),
+        phrases=phrases_from_proto(options.phrases),
     )
+
+
+def phrases_from_proto(phrases: Sequence[pb.Phrase]) -> tuple[Phrase, ...]:
+    """The phrases to boost, checked against the limits (count, length, boost range)."""
+    result = tuple(Phrase(text=phrase.text, boost=phrase.boost) for phrase in phrases)
+    problem = phrase_problem(result, "options.phrases")
+    if problem is not None:
+        raise InvalidRequest(problem)
+    return result
 
 
 def duration(seconds: float) -> Duration:

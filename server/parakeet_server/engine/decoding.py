@@ -2,17 +2,22 @@
 
 TDT and RNN-T (with TDT's overshoot past a block's end) and CTC (collapsing repeats across the
 block boundary); the streaming session decodes committed frames with the state it keeps and
-its draft with a copy.
+its draft with a copy. With a context graph (boosting.py), each choice adds the gains of the
+phrases' tokens (shallow fusion), and the state carries the graph's state too. `ctc_whole`
+decodes a whole recording's CTC frames with parakeet-mlx's own token times and confidences.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
+
+from parakeet_server.engine.boosting import ROOT, ContextGraph
 
 
 @dataclass
@@ -21,10 +26,31 @@ class DecoderState:
     hidden: Any = None
     overshoot: int = 0  # TDT durations may jump past a block's end
     previous_ctc: int = -1
+    context: int = ROOT  # the phrase-boosting graph's state
 
 
 def copy_state(state: DecoderState) -> DecoderState:
-    return DecoderState(state.last_token, state.hidden, state.overshoot, state.previous_ctc)
+    return replace(state)
+
+
+# Per graph and state, the gains of every token as one MLX row (blank gains nothing): a
+# transducer step adds it to the joint's logits inside the same evaluation as the argmax.
+_GAIN_ROWS: weakref.WeakKeyDictionary[ContextGraph, dict[int, mx.array]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def gain_row(graph: ContextGraph, state: int, size: int) -> mx.array:
+    """What each of `size` tokens (the blank last) gains from `state`, as an MLX row."""
+    rows = _GAIN_ROWS.setdefault(graph, {})
+    key = graph.gain_state(state)
+    row = rows.get(key)
+    if row is None:
+        dense = np.zeros(size, dtype=np.float32)
+        ids, gains = graph.gains(key)
+        dense[ids] = gains
+        row = rows[key] = mx.array(dense)
+    return row
 
 
 def _confidence(logits: mx.array) -> float:
@@ -35,7 +61,12 @@ def _confidence(logits: mx.array) -> float:
 
 
 def transducer_greedy(
-    model: Any, features: mx.array, first_frame: int, state: DecoderState, tdt: bool
+    model: Any,
+    features: mx.array,
+    first_frame: int,
+    state: DecoderState,
+    tdt: bool,
+    graph: ContextGraph | None = None,
 ) -> list[Any]:
     """Greedy TDT/RNN-T decoding that carries its state (and TDT overshoot) across blocks."""
     from parakeet_mlx.alignment import AlignedToken
@@ -54,7 +85,10 @@ def transducer_greedy(
         decoder_out = decoder_out.astype(features.dtype)
         joint = model.joint(features[:, step : step + 1], decoder_out)[0, 0]
         logits = joint[:, : blank + 1] if tdt else joint
-        token = int(mx.argmax(logits))
+        if graph is None:
+            token = int(mx.argmax(logits))
+        else:  # logits, not log-probabilities: the same up to a constant per step
+            token = int(mx.argmax(logits + gain_row(graph, state.context, logits.shape[-1])))
         duration = model.durations[int(mx.argmax(joint[:, blank + 1 :]))] if tdt else None
         if token != blank:
             tokens.append(
@@ -68,6 +102,8 @@ def transducer_greedy(
             )
             state.last_token = token
             state.hidden = (hidden.astype(features.dtype), cell.astype(features.dtype))
+            if graph is not None:
+                state.context = graph.next_state(state.context, token)
         if tdt:
             assert duration is not None
             step += duration
@@ -84,17 +120,99 @@ def transducer_greedy(
     return tokens
 
 
-def ctc_greedy(model: Any, features: mx.array, first_frame: int, state: DecoderState) -> list[Any]:
+def ctc_path(
+    logprobs: np.ndarray, blank: int, state: DecoderState, graph: ContextGraph | None
+) -> np.ndarray:
+    """The token chosen at each frame (T, V+1 log-probabilities), boosted by `graph` from the
+    state's context; the state's context and previous frame follow the path."""
+    path: np.ndarray = logprobs.argmax(axis=-1)
+    previous = state.previous_ctc
+    if graph is not None and graph.size > 1 and len(path):
+        frames = np.arange(len(path))
+        plain = logprobs[frames, path]
+        # Only where some phrase token, given the most any token gains, could beat the best
+        # token may boosting change the choice ("contested" frames): their best boosted
+        # candidates are found for each state at once. The walk below visits those frames,
+        # the frames that emit a token (the state follows them) and the frames right after a
+        # contested one (whose token may have become a repeat, or stopped being one).
+        reach = logprobs[:, graph.tokens].max(axis=-1) + graph.largest_gain
+        contested = np.flatnonzero(reach > plain)
+        row_of = np.full(len(path), -1)
+        row_of[contested] = np.arange(len(contested))
+        rows = logprobs[contested]
+        visit = path != blank
+        visit[1:] &= path[1:] != path[:-1]
+        visit[0] &= int(path[0]) != previous
+        visit[contested] = True
+        visit[contested[contested + 1 < len(path)] + 1] = True
+        tops: dict[int, _Candidates] = {}
+        context = state.context
+        chosen = path.tolist()
+        rows_of = row_of.tolist()
+        best = plain.tolist()
+        for frame in np.flatnonzero(visit).tolist():
+            token = chosen[frame]
+            before = chosen[frame - 1] if frame else previous
+            row = rows_of[frame]
+            if row >= 0:
+                key = graph.gain_state(context)
+                top = tops.get(key)
+                if top is None:
+                    top = tops[key] = _Candidates(rows, *graph.gains(key))
+                candidate, score = top.best(row, before)
+                if score > best[frame]:
+                    token = chosen[frame] = candidate
+            if token != blank and token != before:
+                context = graph.next_state(context, token)
+        state.context = context
+        path = np.array(chosen, dtype=path.dtype)
+    if len(path):
+        state.previous_ctc = int(path[-1])
+    return path
+
+
+class _Candidates:
+    """The phrase tokens of one state on the contested frames: each row's best by
+    log-probability plus gain, found for all rows at once."""
+
+    def __init__(self, rows: np.ndarray, ids: np.ndarray, gains: np.ndarray) -> None:
+        self._ids = ids
+        self._scores = rows[:, ids] + gains
+        best = self._scores.argmax(axis=1)
+        self._best = ids[best].tolist()
+        self._best_score = self._scores[np.arange(len(rows)), best].tolist()
+
+    def best(self, row: int, repeat: int) -> tuple[int, float]:
+        """Row `row`'s best token and score; `repeat` (the previous frame's token) emits
+        nothing new, so it gains nothing and another token is the best (rarely asked)."""
+        if self._best[row] != repeat:
+            return self._best[row], self._best_score[row]
+        scores = np.where(self._ids == repeat, -np.inf, self._scores[row])
+        other = int(scores.argmax())
+        return int(self._ids[other]), float(scores[other])
+
+
+def ctc_greedy(
+    model: Any,
+    features: mx.array,
+    first_frame: int,
+    state: DecoderState,
+    graph: ContextGraph | None = None,
+) -> list[Any]:
     """Greedy CTC over one block, collapsing repeats across the block boundary."""
     from parakeet_mlx.alignment import AlignedToken
     from parakeet_mlx.tokenizer import decode
 
     logits = model.decoder(features)[0]
-    best = np.array(mx.argmax(logits, axis=-1))
-    probs = np.array(mx.max(mx.softmax(logits, axis=-1), axis=-1))
     blank = len(model.vocabulary)
-    tokens = []
     previous = state.previous_ctc
+    if graph is None:
+        best = np.array(mx.argmax(logits, axis=-1))
+        state.previous_ctc = int(best[-1]) if len(best) else previous
+    else:
+        best = ctc_path(np.array(logits.astype(mx.float32)), blank, state, graph)
+    probs = np.array(mx.max(mx.softmax(logits, axis=-1), axis=-1).astype(mx.float32))
+    tokens = []
     for frame, token in enumerate(best.tolist()):
         if token != blank and token != previous:
             tokens.append(
@@ -107,5 +225,59 @@ def ctc_greedy(model: Any, features: mx.array, first_frame: int, state: DecoderS
                 )
             )
         previous = token
-    state.previous_ctc = previous
+    return tokens
+
+
+def ctc_whole(
+    model: Any, logits: mx.array, state: DecoderState, graph: ContextGraph | None
+) -> list[Any]:
+    """Greedy CTC over a whole recording's log-probabilities (T, V+1), boosted by `graph`, with
+    the token times and confidences parakeet-mlx's own CTC decoder gives: a token lasts until
+    the next one starts (the last one until its last non-blank frame), and its confidence is
+    one minus the mean entropy of its frames over the largest entropy."""
+    from parakeet_mlx.alignment import AlignedToken
+    from parakeet_mlx.tokenizer import decode
+
+    vocabulary = model.vocabulary
+    blank = len(vocabulary)
+    path = ctc_path(np.array(logits.astype(mx.float32)), blank, state, graph).tolist()
+    probs = mx.exp(logits)
+    max_entropy = mx.log(mx.array(blank + 1, dtype=probs.dtype))
+
+    def confidence(first: int, stop: int) -> float:
+        frames = probs[first:stop]
+        entropies = -mx.sum(frames * mx.log(frames + 1e-10), axis=-1)
+        return float(1.0 - (mx.mean(entropies) / max_entropy))
+
+    starts = [
+        frame
+        for frame, token in enumerate(path)
+        if token != blank and not (frame > 0 and token == path[frame - 1])
+    ]
+    tokens = []
+    for index, first in enumerate(starts):
+        token = path[first]
+        if index + 1 < len(starts):
+            stop = starts[index + 1]
+            start_time = first * model.time_ratio
+            duration = stop * model.time_ratio - start_time
+        else:
+            stop = next(
+                (f + 1 for f in range(len(path) - 1, first, -1) if path[f] != blank), first + 1
+            )
+            # parakeet-mlx's own arithmetic for the last token, to the last bit.
+            factor = model.encoder_config.subsampling_factor
+            rate = model.preprocessor_config.sample_rate
+            hop = model.preprocessor_config.hop_length
+            start_time = first * factor / rate * hop
+            duration = stop * factor / rate * hop - start_time
+        tokens.append(
+            AlignedToken(
+                token,
+                start=start_time,
+                duration=duration,
+                confidence=confidence(first, stop),
+                text=decode([token], vocabulary),
+            )
+        )
     return tokens

@@ -12,6 +12,7 @@ from parakeet_server.domain import (
     BlockSchedule,
     MemoryFigures,
     ModelInfo,
+    Phrase,
     Progress,
     Transcript,
     TranscriptionOptions,
@@ -40,8 +41,12 @@ class TranscriptionEngine(Protocol):
 
     def samples_for_frames(self, frames: int) -> int: ...
 
-    def open_stream(self, settings: BlockSchedule) -> object:
-        """A handle for a new live stream, passed back to stream_block and stream_finish."""
+    def open_stream(self, settings: BlockSchedule, phrases: tuple[Phrase, ...] = ()) -> object:
+        """A handle for a new live stream that boosts `phrases`, passed back to stream_blocks
+        and stream_finish."""
+
+    def check_phrases(self, phrases: tuple[Phrase, ...]) -> None:
+        """Raises InvalidRequest naming a phrase the model's vocabulary cannot write."""
 
     def stream_blocks(self, blocks: list[tuple[object, np.ndarray]]) -> list[BlockResult]:
         """Gives each stream (session, new samples) its samples and runs the blocks they

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +25,19 @@ from parakeet_server.domain import (
     DecodingMethod,
     MemoryFigures,
     ModelInfo,
+    Phrase,
     Progress,
     Segment,
     TimedToken,
     Transcript,
     TranscriptionOptions,
+)
+from parakeet_server.engine.boosting import (
+    ROOT,
+    ContextGraph,
+    Spelling,
+    Unspellable,
+    compile_phrases,
 )
 from parakeet_server.engine.chunking import ChunkJoiner, plan_chunks
 from parakeet_server.engine.results import sentences_to_transcript
@@ -44,6 +53,8 @@ log = logging.getLogger(__name__)
 # A live stream gives its freed memory back every this many blocks (~40 s of audio at 1.28 s a
 # block), so that an hour-long stream holds no more than a short one; the release costs 5-8 ms.
 RELEASE_EVERY_BLOCKS = 32
+# Compiled phrase lists kept for reuse (a dictation client sends the same list every time).
+GRAPHS_KEPT = 32
 
 
 def _library_versions() -> dict[str, str]:
@@ -65,6 +76,8 @@ class ParakeetEngine:
         self._chunking = chunking or ChunkingConfig()
         self._stream_tables: dict[BlockSchedule, dict[str, Any]] = {}
         self._blocks_since_release = 0
+        self._spelling = Spelling.of(model.vocabulary)
+        self._graphs: OrderedDict[tuple[Phrase, ...], ContextGraph] = OrderedDict()
 
     @classmethod
     def load(
@@ -171,7 +184,8 @@ class ParakeetEngine:
         try:
             for options, members in groups.items():
                 config = self._decoding_config(options)
-                hypotheses = self._generate_padded([requests[i][0] for i in members], config)
+                graph = self.context_graph(options.phrases)
+                hypotheses = self._generate_padded([requests[i][0] for i in members], config, graph)
                 for index, tokens in zip(members, hypotheses, strict=True):
                     sentences = tokens_to_sentences(tokens, config.sentence)
                     results[index] = sentences_to_transcript(sentences, options.word_timestamps)
@@ -192,6 +206,8 @@ class ParakeetEngine:
 
         self._check_length(samples)
         config = self._decoding_config(options)
+        graph = self.context_graph(options.phrases)
+        context = ROOT  # the phrases' state where the next chunk starts
         rate = self.info.sample_rate
         chunking = self._chunking
         chunks = plan_chunks(
@@ -202,7 +218,20 @@ class ParakeetEngine:
         emitted = 0
         for first in range(0, len(chunks), chunking.batch_size):
             batch = chunks[first : first + chunking.batch_size]
-            for tokens in self._generate([samples[c.start : c.end] for c in batch], config):
+            pieces = [samples[c.start : c.end] for c in batch]
+            if graph is None:
+                hypotheses = self._generate(pieces, config)
+            else:
+                # Each chunk starts in the state its predecessor had reached where it starts.
+                following = [*chunks[first + 1 : first + len(batch) + 1], None]
+                offsets = [
+                    None if after is None else (after.start - chunk.start) / rate
+                    for chunk, after in zip(batch, following, strict=False)
+                ]
+                hypotheses, context = self._generate_boosted(
+                    pieces, config, graph, context, offsets
+                )
+            for tokens in hypotheses:
                 joiner.add(tokens)
             if joiner.done == len(chunks):
                 break
@@ -243,12 +272,35 @@ class ParakeetEngine:
         """Input samples after which the first `frames` encoder frames can be computed."""
         return self.info.samples_for_frames(frames)
 
-    def open_stream(self, settings: BlockSchedule) -> StreamingSession:
-        """A new live stream on this model; the model itself is not changed."""
+    def open_stream(
+        self, settings: BlockSchedule, phrases: tuple[Phrase, ...] = ()
+    ) -> StreamingSession:
+        """A new live stream on this model, boosting `phrases`; the model is not changed."""
         from parakeet_server.engine.streaming import StreamingSession
 
         shared = self._stream_tables.setdefault(settings, {})
-        return StreamingSession(self._model, settings, shared)
+        return StreamingSession(self._model, settings, shared, self.context_graph(phrases))
+
+    def check_phrases(self, phrases: tuple[Phrase, ...]) -> None:
+        """Compiles `phrases` for this model (kept for the requests that follow); raises
+        InvalidRequest naming a phrase its vocabulary cannot write."""
+        self.context_graph(phrases)
+
+    def context_graph(self, phrases: tuple[Phrase, ...]) -> ContextGraph | None:
+        """The context graph of `phrases` in this model's vocabulary (None for none)."""
+        if not phrases:
+            return None
+        graph = self._graphs.get(phrases)
+        if graph is None:
+            try:
+                graph = compile_phrases(phrases, self._spelling)
+            except Unspellable as error:
+                raise InvalidRequest(str(error)) from None
+            self._graphs[phrases] = graph
+            if len(self._graphs) > GRAPHS_KEPT:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(phrases)
+        return graph
 
     def stream_block(self, session: StreamingSession, samples: np.ndarray) -> BlockResult:
         """Adds a live stream's new samples and runs its next block if it can."""
@@ -353,7 +405,9 @@ class ParakeetEngine:
         preprocessor = self._model.preprocessor_config
         return [log_mel(piece.astype(np.float32, copy=False), preprocessor) for piece in pieces]
 
-    def _generate_padded(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
+    def _generate_padded(
+        self, pieces: list[np.ndarray], config: Any, graph: ContextGraph | None
+    ) -> list[list[Any]]:
         """Tokens of each piece, pieces of any length in one encoder batch (zero-padded to the
         longest; the fast encoder masks the padding by the lengths)."""
         import mlx.core as mx
@@ -368,6 +422,11 @@ class ParakeetEngine:
         del mels
         features, feature_lengths = self._model.encoder(batch, lengths)
         mx.eval(features, feature_lengths)
+        if graph is not None:
+            return [
+                self._decode_boosted(features[i : i + 1], int(feature_lengths[i]), config, graph)
+                for i in range(len(pieces))
+            ]
         decoded = self._model.decode(features, feature_lengths, config=config)
         # Transducers answer (tokens, decoder states), CTC the tokens alone.
         hypotheses = decoded[0] if isinstance(decoded, tuple) else decoded
@@ -382,6 +441,84 @@ class ParakeetEngine:
         del mels
         results = self._model.generate(batch, decoding_config=config)
         return [list(result.tokens) for result in results]
+
+    def _generate_boosted(
+        self,
+        pieces: list[np.ndarray],
+        config: Any,
+        graph: ContextGraph,
+        context: int,
+        offsets: Sequence[float | None],
+    ) -> tuple[list[list[Any]], int]:
+        """Tokens of consecutive chunks (equal lengths, one encoder batch), decoded in order
+        with the phrases' state carried: each chunk starts in the state the one before had
+        reached at its `offsets` seconds, where this one starts. Returns the tokens and the
+        state where the chunk after the last starts."""
+        import mlx.core as mx
+
+        try:
+            dtype = getattr(mx, self.info.dtype)
+            batch = mx.concatenate(self._mels(pieces), axis=0).astype(dtype)
+            features, lengths = self._model.encoder(batch)
+            mx.eval(features, lengths)
+            del batch
+            hypotheses = []
+            for index, offset in enumerate(offsets):
+                length = int(lengths[index])
+                tokens = self._decode_boosted(
+                    features[index : index + 1], length, config, graph, context
+                )
+                hypotheses.append(tokens)
+                if offset is not None:
+                    context = graph.replay(context, [t.id for t in tokens if t.start < offset])
+            return hypotheses, context
+        finally:
+            self._release_memory()
+
+    def _decode_boosted(
+        self,
+        features: Any,
+        length: int,
+        config: Any,
+        graph: ContextGraph | None,
+        context: int = ROOT,
+    ) -> list[Any]:
+        """One recording's tokens from its encoder output (1, >= length, d), the phrases in
+        `graph` boosted from state `context` (with no graph: what parakeet-mlx's decoding
+        gives, bench/boosting.py's yardstick)."""
+        from parakeet_mlx import Beam
+
+        from parakeet_server.engine.decoding import DecoderState, ctc_whole, transducer_greedy
+
+        state = DecoderState(context=context)
+        if self.info.kind == "ctc":
+            return ctc_whole(self._model, self._model.decoder(features)[0, :length], state, graph)
+        if isinstance(config.decoding, Beam):
+            if graph is not None:
+                booster = self._booster(graph, context, config.decoding)
+                config = replace(config, decoding=replace(config.decoding, booster=booster))
+            hypotheses, _ = self._model.decode(features[:, :length], config=config)
+            return list(hypotheses[0])
+        return transducer_greedy(
+            self._model, features[:, :length], 0, state, self.info.kind != "rnnt", graph
+        )
+
+    def _booster(self, graph: ContextGraph, context: int, beam: Any) -> Any:
+        """The graph as parakeet-mlx's beam search takes it (a booster machine starting in
+        `context`). Its TDT beam weighs token log-probabilities by 1 - duration_reward: the
+        phrases' scores are weighed alike, so a boost means the same as in greedy decoding."""
+        from parakeet_mlx.boost import Machine
+
+        weight = 1.0 if self.info.kind == "rnnt" else 1.0 - beam.duration_reward
+
+        def step(state: int, token: int) -> tuple[int, float]:
+            following, delta = graph.advance(state, token)
+            return following, delta * weight
+
+        def at_end(state: int) -> float:
+            return graph.settle(state) * weight
+
+        return Machine(start=context, step=step, at_end=at_end)
 
     def _decoding_config(self, options: TranscriptionOptions) -> Any:
         from parakeet_mlx import Beam, DecodingConfig, Greedy, SentenceConfig

@@ -14,7 +14,8 @@ instead runs the model's own layers block by block with its weights untouched:
   convolution keeps the few frames of left context it needs. Per-step work is bounded by
   block + look-ahead + left context, never by how long the stream has run;
 - decoder: greedy TDT/RNN-T (or CTC) decoding over committed frames carries its state across
-  blocks; the look-ahead frames are decoded into a draft that the next block replaces.
+  blocks (the boosted phrases' state too); the look-ahead frames are decoded into a draft that
+  the next block replaces.
 
 Block boundaries depend only on the audio position, so a stream gives the same result however
 its audio was split into messages or paced. With a left context that holds the whole stream and
@@ -34,6 +35,7 @@ import numpy as np
 from parakeet_server import domain
 from parakeet_server.domain import BlockSchedule, Transcript
 from parakeet_server.engine import fast_encoder
+from parakeet_server.engine.boosting import ContextGraph
 from parakeet_server.engine.decoding import DecoderState, copy_state, ctc_greedy, transducer_greedy
 from parakeet_server.engine.features import RunningNormaliser, StreamingFeatures
 from parakeet_server.engine.results import to_transcript
@@ -143,6 +145,7 @@ class StreamingSession:
         model: Any,
         settings: BlockSchedule | None = None,
         shared: dict[str, Any] | None = None,
+        graph: ContextGraph | None = None,
     ) -> None:
         from parakeet_mlx import ParakeetCTC, ParakeetRNNT, ParakeetTDT
 
@@ -162,6 +165,7 @@ class StreamingSession:
         self._caches = [_LayerCache() for _ in self._encoder.layers]
         self._conv_context = (model.encoder_config.conv_kernel_size - 1) // 2
         self._state = DecoderState()
+        self._graph = graph  # phrases to boost; their state is carried in self._state
         self._is_ctc = isinstance(model, ParakeetCTC)
         self._is_tdt = isinstance(model, ParakeetTDT)
         if not (self._is_ctc or self._is_tdt or isinstance(model, ParakeetRNNT)):
@@ -378,9 +382,11 @@ class StreamingSession:
             return []
         state = self._state if commit else copy_state(self._state)
         if self._is_ctc:
-            tokens = ctc_greedy(self._model, features, first_frame, state)
+            tokens = ctc_greedy(self._model, features, first_frame, state, self._graph)
         else:
-            tokens = transducer_greedy(self._model, features, first_frame, state, self._is_tdt)
+            tokens = transducer_greedy(
+                self._model, features, first_frame, state, self._is_tdt, self._graph
+            )
         return tokens
 
 

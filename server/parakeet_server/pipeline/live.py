@@ -366,7 +366,7 @@ class LiveTranscription:
     def _open(self, engine: TranscriptionEngine) -> object:
         """The stream's session in the engine, opened by the first job (on the model's thread)."""
         if self._session is None:
-            self._session = engine.open_stream(self._schedule)
+            self._session = engine.open_stream(self._schedule, self._config.options.phrases)
         return self._session
 
     def _take_pending(self) -> np.ndarray:
@@ -488,6 +488,11 @@ class LiveStreams:
                 if engine is None:  # closed between the lease and now
                     raise ModelUnavailable("the model worker is restarting; retry in a moment")
                 live = LiveTranscription(process.scheduler, engine, request, self.policy)
+                phrases = request.options.phrases
+                if phrases:
+                    # Before any audio: a phrase the model cannot write fails this stream now,
+                    # alone (its first block may share an engine call with other streams').
+                    await process.scheduler.run(lambda engine: engine.check_phrases(phrases))
                 self._open.add(live)
                 try:
                     with process.scheduler.stream():

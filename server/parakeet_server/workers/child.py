@@ -23,6 +23,7 @@ import numpy as np
 from parakeet_server.domain import (
     BlockResult,
     BlockSchedule,
+    Phrase,
     Progress,
     Transcript,
     TranscriptionOptions,
@@ -78,11 +79,11 @@ class Operations:
         return progress
 
     def stream_blocks(
-        self, handles: list[tuple[int, BlockSchedule]], *samples: np.ndarray
+        self, handles: list[tuple[int, BlockSchedule, tuple[Phrase, ...]]], *samples: np.ndarray
     ) -> list[BlockResult]:
         blocks = [
-            (self._session(handle, schedule), pcm)
-            for (handle, schedule), pcm in zip(handles, samples, strict=True)
+            (self._session(handle, schedule, phrases), pcm)
+            for (handle, schedule, phrases), pcm in zip(handles, samples, strict=True)
         ]
         result: list[BlockResult] = self._engine.stream_blocks(blocks)
         return result
@@ -91,16 +92,20 @@ class Operations:
         self,
         handle: int,
         settings: BlockSchedule,
+        phrases: tuple[Phrase, ...],
         samples: np.ndarray,
         options: TranscriptionOptions,
     ) -> tuple[Transcript, BlockResult]:
         try:
             result: tuple[Transcript, BlockResult] = self._engine.stream_finish(
-                self._session(handle, settings), samples, options
+                self._session(handle, settings, phrases), samples, options
             )
             return result
         finally:
             self._handles.pop(handle, None)
+
+    def check_phrases(self, phrases: tuple[Phrase, ...]) -> None:
+        self._engine.check_phrases(phrases)
 
     def release(self, handles: list[int]) -> None:
         for handle in handles:
@@ -114,13 +119,14 @@ class Operations:
             Operation.STEPS_NEXT: self.steps_next,
             Operation.STREAM_BLOCKS: self.stream_blocks,
             Operation.STREAM_FINISH: self.stream_finish,
+            Operation.CHECK_PHRASES: self.check_phrases,
         }
         return methods[operation](*args)
 
-    def _session(self, handle: int, settings: BlockSchedule) -> Any:
+    def _session(self, handle: int, settings: BlockSchedule, phrases: tuple[Phrase, ...]) -> Any:
         session = self._handles.get(handle)
         if session is None:
-            session = self._handles[handle] = self._engine.open_stream(settings)
+            session = self._handles[handle] = self._engine.open_stream(settings, phrases)
         return session
 
 

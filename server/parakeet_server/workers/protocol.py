@@ -28,6 +28,7 @@ class Operation(enum.Enum):
     STEPS_NEXT = "steps_next"
     STREAM_BLOCKS = "stream_blocks"
     STREAM_FINISH = "stream_finish"
+    CHECK_PHRASES = "check_phrases"
     CLOSE = "close"
 
 

@@ -24,6 +24,7 @@ from parakeet_server.domain import (
     BlockSchedule,
     MemoryFigures,
     ModelInfo,
+    Phrase,
     Progress,
     Transcript,
     TranscriptionOptions,
@@ -42,6 +43,7 @@ class StreamHandle:
 
     id: int
     settings: BlockSchedule
+    phrases: tuple[Phrase, ...] = ()
 
 
 def describe_exit(process: BaseProcess, wait: float = 0.5) -> str:
@@ -77,6 +79,7 @@ class RemoteEngine:
         self._connection = connection
         self._ids = itertools.count(1)
         self._released: list[int] = []
+        self._opened: set[int] = set()  # streams whose session the worker holds
         self._lock = threading.Lock()
         self._memory = MemoryFigures()
         self._dead = False
@@ -132,27 +135,44 @@ class RemoteEngine:
     def samples_for_frames(self, frames: int) -> int:
         return self.info.samples_for_frames(frames)
 
-    def open_stream(self, settings: BlockSchedule) -> object:
+    def open_stream(self, settings: BlockSchedule, phrases: tuple[Phrase, ...] = ()) -> object:
         # Opened in the worker by its first block: no call here.
-        return StreamHandle(next(self._ids), settings)
+        return StreamHandle(next(self._ids), settings, phrases)
+
+    def check_phrases(self, phrases: tuple[Phrase, ...]) -> None:
+        self.call(Operation.CHECK_PHRASES, phrases)
+
+    def _opening(self, session: StreamHandle) -> tuple[int, BlockSchedule, tuple[Phrase, ...]]:
+        """What the worker needs of a stream: its phrases only until it has opened it (a
+        thousand of them would cross the pipe with every block)."""
+        with self._lock:
+            opened = session.id in self._opened
+        phrases = () if opened else session.phrases
+        return session.id, session.settings, phrases
 
     def stream_blocks(self, blocks: list[tuple[object, np.ndarray]]) -> list[BlockResult]:
         sessions = [session for session, _ in blocks]
         assert all(isinstance(s, StreamHandle) for s in sessions)
-        handles = [(s.id, s.settings) for s in sessions if isinstance(s, StreamHandle)]
+        handles = [self._opening(s) for s in sessions if isinstance(s, StreamHandle)]
         # The arrays as arguments of their own: they cross as raw bytes, not pickled.
         result: list[BlockResult] = self.call(
             Operation.STREAM_BLOCKS, handles, *(samples for _, samples in blocks)
         )
+        with self._lock:
+            self._opened.update(handle for handle, _, _ in handles)
         return result
 
     def stream_finish(
         self, session: object, samples: np.ndarray, options: TranscriptionOptions
     ) -> tuple[Transcript, BlockResult]:
         assert isinstance(session, StreamHandle)
-        result: tuple[Transcript, BlockResult] = self.call(
-            Operation.STREAM_FINISH, session.id, session.settings, samples, options
-        )
+        try:
+            result: tuple[Transcript, BlockResult] = self.call(
+                Operation.STREAM_FINISH, *self._opening(session), samples, options
+            )
+        finally:
+            with self._lock:
+                self._opened.discard(session.id)  # the worker forgets it after its last call
         return result
 
     def release(self, handle: object) -> None:
@@ -160,6 +180,7 @@ class RemoteEngine:
         if isinstance(handle, StreamHandle | RemoteSteps):
             with self._lock:
                 self._released.append(handle.id)
+                self._opened.discard(handle.id)
 
     def memory(self) -> MemoryFigures:
         return self._memory  # as of the last call

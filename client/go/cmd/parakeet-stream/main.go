@@ -56,6 +56,7 @@ type options struct {
 	interim  bool
 	timeout  time.Duration
 	endpoint endpointFlags
+	phrases  phraseFlags
 }
 
 // A partial result as printed with -json.
@@ -101,6 +102,7 @@ func main() {
 	flags.BoolVar(&o.interim, "interim", true, "ask for partial results (-interim=false: final only)")
 	flags.DurationVar(&o.timeout, "timeout", 10*time.Minute, "deadline for the whole stream")
 	o.endpoint.register(flags)
+	addPhraseFlags(flags, &o.phrases)
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -125,6 +127,10 @@ func run(o options, args []string) error {
 	}
 	if o.chunkMS <= 0 {
 		return exitError{exitUsage, fmt.Errorf("-chunk-ms must be positive, got %d", o.chunkMS)}
+	}
+	phrases, err := o.phrases.build()
+	if err != nil {
+		return exitError{exitUsage, err}
 	}
 	file, err := readWAV(args[0])
 	if err != nil {
@@ -154,7 +160,7 @@ func run(o options, args []string) error {
 			ChannelCount:    int32(file.Format.Channels),
 		},
 		InterimResults:   o.interim,
-		Options:          &parakeetv1.TranscriptionOptions{WordTimestamps: o.words || o.json},
+		Options:          &parakeetv1.TranscriptionOptions{WordTimestamps: o.words || o.json, Phrases: phrases},
 		FinalizationMode: mode,
 		Endpointing:      o.endpoint.config(),
 	}

@@ -454,7 +454,12 @@ type TranscriptionOptions struct {
 	// Default: 0.7.
 	DurationReward *float32 `protobuf:"fixed32,6,opt,name=duration_reward,json=durationReward,proto3,oneof" json:"duration_reward,omitempty"`
 	// How the transcript is cut into segments. Default: at sentence punctuation only.
-	Segmentation  *SegmentationOptions `protobuf:"bytes,7,opt,name=segmentation,proto3" json:"segmentation,omitempty"`
+	Segmentation *SegmentationOptions `protobuf:"bytes,7,opt,name=segmentation,proto3" json:"segmentation,omitempty"`
+	// Words and phrases to favour: names, jargon, expected commands (at most 1000).
+	// Each is spelled in the model's own vocabulary and boosted while decoding
+	// (greedy and beam, one-shot, long recordings and streams). A phrase the
+	// model's vocabulary cannot spell is INVALID_ARGUMENT. Default: none.
+	Phrases       []*Phrase `protobuf:"bytes,8,rep,name=phrases,proto3" json:"phrases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -534,6 +539,13 @@ func (x *TranscriptionOptions) GetDurationReward() float32 {
 func (x *TranscriptionOptions) GetSegmentation() *SegmentationOptions {
 	if x != nil {
 		return x.Segmentation
+	}
+	return nil
+}
+
+func (x *TranscriptionOptions) GetPhrases() []*Phrase {
+	if x != nil {
+		return x.Phrases
 	}
 	return nil
 }
@@ -2323,6 +2335,67 @@ func (x *Utterance) GetEndOfSpeechLatencySeconds() float64 {
 	return 0
 }
 
+// A word or phrase for the decoder to favour (TranscriptionOptions.phrases).
+type Phrase struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The phrase as it is written, 1 to 100 characters, e.g. "Kubernetes" or
+	// "Dr. Okonkwo". On a model that writes capitals, it is also tried
+	// lower-cased and capitalised, as it may appear mid-sentence or first.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// How strongly to favour it, greater than 0 and at most 20 (required).
+	// Each token of the phrase gains boost / 4 nats of log-probability while
+	// it is being matched, and a partial match that breaks off loses what it
+	// gained. 5 to 10 recovers most misheard words; above that, unspoken
+	// phrases start to appear.
+	Boost         float32 `protobuf:"fixed32,2,opt,name=boost,proto3" json:"boost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Phrase) Reset() {
+	*x = Phrase{}
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Phrase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Phrase) ProtoMessage() {}
+
+func (x *Phrase) ProtoReflect() protoreflect.Message {
+	mi := &file_parakeet_v1_transcription_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Phrase.ProtoReflect.Descriptor instead.
+func (*Phrase) Descriptor() ([]byte, []int) {
+	return file_parakeet_v1_transcription_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Phrase) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Phrase) GetBoost() float32 {
+	if x != nil {
+		return x.Boost
+	}
+	return 0
+}
+
 var File_parakeet_v1_transcription_proto protoreflect.FileDescriptor
 
 const file_parakeet_v1_transcription_proto_rawDesc = "" +
@@ -2335,7 +2408,7 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\bEncoding\x12\x18\n" +
 	"\x14ENCODING_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ENCODING_LINEAR16\x10\x01\x12\x14\n" +
-	"\x10ENCODING_FLOAT32\x10\x02\"\x97\x03\n" +
+	"\x10ENCODING_FLOAT32\x10\x02\"\xc6\x03\n" +
 	"\x14TranscriptionOptions\x12'\n" +
 	"\x0fword_timestamps\x18\x01 \x01(\bR\x0ewordTimestamps\x12D\n" +
 	"\x0fdecoding_method\x18\x02 \x01(\x0e2\x1b.parakeet.v1.DecodingMethodR\x0edecodingMethod\x12\x1b\n" +
@@ -2343,7 +2416,8 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\x0elength_penalty\x18\x04 \x01(\x02H\x00R\rlengthPenalty\x88\x01\x01\x12\x1f\n" +
 	"\bpatience\x18\x05 \x01(\x02H\x01R\bpatience\x88\x01\x01\x12,\n" +
 	"\x0fduration_reward\x18\x06 \x01(\x02H\x02R\x0edurationReward\x88\x01\x01\x12D\n" +
-	"\fsegmentation\x18\a \x01(\v2 .parakeet.v1.SegmentationOptionsR\fsegmentationB\x11\n" +
+	"\fsegmentation\x18\a \x01(\v2 .parakeet.v1.SegmentationOptionsR\fsegmentation\x12-\n" +
+	"\aphrases\x18\b \x03(\v2\x13.parakeet.v1.PhraseR\aphrasesB\x11\n" +
 	"\x0f_length_penaltyB\v\n" +
 	"\t_patienceB\x12\n" +
 	"\x10_duration_reward\"\xac\x01\n" +
@@ -2523,7 +2597,10 @@ const file_parakeet_v1_transcription_proto_rawDesc = "" +
 	"\x16END_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12END_REASON_SILENCE\x10\x01\x12\x1c\n" +
 	"\x18END_REASON_MAX_UTTERANCE\x10\x02\x12\x1c\n" +
-	"\x18END_REASON_END_OF_STREAM\x10\x03*g\n" +
+	"\x18END_REASON_END_OF_STREAM\x10\x03\"2\n" +
+	"\x06Phrase\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x14\n" +
+	"\x05boost\x18\x02 \x01(\x02R\x05boost*g\n" +
 	"\x0eDecodingMethod\x12\x1f\n" +
 	"\x1bDECODING_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DECODING_METHOD_GREEDY\x10\x01\x12\x18\n" +
@@ -2564,7 +2641,7 @@ func file_parakeet_v1_transcription_proto_rawDescGZIP() []byte {
 }
 
 var file_parakeet_v1_transcription_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_parakeet_v1_transcription_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_parakeet_v1_transcription_proto_goTypes = []any{
 	(DecodingMethod)(0),                 // 0: parakeet.v1.DecodingMethod
 	(FinalizationMode)(0),               // 1: parakeet.v1.FinalizationMode
@@ -2591,74 +2668,76 @@ var file_parakeet_v1_transcription_proto_goTypes = []any{
 	(*CacheStats)(nil),                  // 22: parakeet.v1.CacheStats
 	(*EndpointingConfig)(nil),           // 23: parakeet.v1.EndpointingConfig
 	(*Utterance)(nil),                   // 24: parakeet.v1.Utterance
-	nil,                                 // 25: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	(*durationpb.Duration)(nil),         // 26: google.protobuf.Duration
+	(*Phrase)(nil),                      // 25: parakeet.v1.Phrase
+	nil,                                 // 26: parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	(*durationpb.Duration)(nil),         // 27: google.protobuf.Duration
 }
 var file_parakeet_v1_transcription_proto_depIdxs = []int32{
 	4,  // 0: parakeet.v1.AudioFormat.encoding:type_name -> parakeet.v1.AudioFormat.Encoding
 	0,  // 1: parakeet.v1.TranscriptionOptions.decoding_method:type_name -> parakeet.v1.DecodingMethod
 	8,  // 2: parakeet.v1.TranscriptionOptions.segmentation:type_name -> parakeet.v1.SegmentationOptions
-	26, // 3: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
-	26, // 4: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
-	6,  // 5: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
-	7,  // 6: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	13, // 7: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	16, // 8: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	6,  // 9: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
-	7,  // 10: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
-	14, // 11: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
-	13, // 12: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
-	16, // 13: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	14, // 14: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
-	26, // 15: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
-	26, // 16: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
-	15, // 17: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
-	26, // 18: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
-	26, // 19: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
-	6,  // 20: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
-	7,  // 21: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
-	1,  // 22: parakeet.v1.StreamingConfig.finalization_mode:type_name -> parakeet.v1.FinalizationMode
-	23, // 23: parakeet.v1.StreamingConfig.endpointing:type_name -> parakeet.v1.EndpointingConfig
-	17, // 24: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
-	13, // 25: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
-	16, // 26: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
-	3,  // 27: parakeet.v1.StreamingTranscribeResponse.speech_event:type_name -> parakeet.v1.SpeechEvent
-	24, // 28: parakeet.v1.StreamingTranscribeResponse.utterance:type_name -> parakeet.v1.Utterance
-	26, // 29: parakeet.v1.StreamingTranscribeResponse.speech_event_offset:type_name -> google.protobuf.Duration
-	2,  // 30: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
-	26, // 31: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
-	26, // 32: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
-	26, // 33: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
-	25, // 34: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
-	26, // 35: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
-	26, // 36: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
-	26, // 37: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
-	26, // 38: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
-	26, // 39: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
-	22, // 40: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
-	22, // 41: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
-	26, // 42: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
-	26, // 43: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
-	26, // 44: parakeet.v1.EndpointingConfig.trailing_silence:type_name -> google.protobuf.Duration
-	26, // 45: parakeet.v1.EndpointingConfig.max_utterance:type_name -> google.protobuf.Duration
-	13, // 46: parakeet.v1.Utterance.transcript:type_name -> parakeet.v1.Transcript
-	26, // 47: parakeet.v1.Utterance.audio_start:type_name -> google.protobuf.Duration
-	26, // 48: parakeet.v1.Utterance.audio_end:type_name -> google.protobuf.Duration
-	5,  // 49: parakeet.v1.Utterance.end_reason:type_name -> parakeet.v1.Utterance.EndReason
-	26, // 50: parakeet.v1.Utterance.closed_at:type_name -> google.protobuf.Duration
-	9,  // 51: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
-	11, // 52: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
-	18, // 53: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
-	20, // 54: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
-	10, // 55: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
-	12, // 56: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
-	19, // 57: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
-	21, // 58: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
-	55, // [55:59] is the sub-list for method output_type
-	51, // [51:55] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	25, // 3: parakeet.v1.TranscriptionOptions.phrases:type_name -> parakeet.v1.Phrase
+	27, // 4: parakeet.v1.SegmentationOptions.max_silence:type_name -> google.protobuf.Duration
+	27, // 5: parakeet.v1.SegmentationOptions.max_duration:type_name -> google.protobuf.Duration
+	6,  // 6: parakeet.v1.TranscribeRequest.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 7: parakeet.v1.TranscribeRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	13, // 8: parakeet.v1.TranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 9: parakeet.v1.TranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	6,  // 10: parakeet.v1.TranscribeLongRequest.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 11: parakeet.v1.TranscribeLongRequest.options:type_name -> parakeet.v1.TranscriptionOptions
+	14, // 12: parakeet.v1.TranscribeLongResponse.segments:type_name -> parakeet.v1.Segment
+	13, // 13: parakeet.v1.TranscribeLongResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 14: parakeet.v1.TranscribeLongResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	14, // 15: parakeet.v1.Transcript.segments:type_name -> parakeet.v1.Segment
+	27, // 16: parakeet.v1.Segment.start_time:type_name -> google.protobuf.Duration
+	27, // 17: parakeet.v1.Segment.end_time:type_name -> google.protobuf.Duration
+	15, // 18: parakeet.v1.Segment.words:type_name -> parakeet.v1.Word
+	27, // 19: parakeet.v1.Word.start_time:type_name -> google.protobuf.Duration
+	27, // 20: parakeet.v1.Word.end_time:type_name -> google.protobuf.Duration
+	6,  // 21: parakeet.v1.StreamingConfig.format:type_name -> parakeet.v1.AudioFormat
+	7,  // 22: parakeet.v1.StreamingConfig.options:type_name -> parakeet.v1.TranscriptionOptions
+	1,  // 23: parakeet.v1.StreamingConfig.finalization_mode:type_name -> parakeet.v1.FinalizationMode
+	23, // 24: parakeet.v1.StreamingConfig.endpointing:type_name -> parakeet.v1.EndpointingConfig
+	17, // 25: parakeet.v1.StreamingTranscribeRequest.config:type_name -> parakeet.v1.StreamingConfig
+	13, // 26: parakeet.v1.StreamingTranscribeResponse.transcript:type_name -> parakeet.v1.Transcript
+	16, // 27: parakeet.v1.StreamingTranscribeResponse.metrics:type_name -> parakeet.v1.RequestMetrics
+	3,  // 28: parakeet.v1.StreamingTranscribeResponse.speech_event:type_name -> parakeet.v1.SpeechEvent
+	24, // 29: parakeet.v1.StreamingTranscribeResponse.utterance:type_name -> parakeet.v1.Utterance
+	27, // 30: parakeet.v1.StreamingTranscribeResponse.speech_event_offset:type_name -> google.protobuf.Duration
+	2,  // 31: parakeet.v1.GetServerInfoResponse.model_kind:type_name -> parakeet.v1.ModelKind
+	27, // 32: parakeet.v1.GetServerInfoResponse.load_duration:type_name -> google.protobuf.Duration
+	27, // 33: parakeet.v1.GetServerInfoResponse.warmup_duration:type_name -> google.protobuf.Duration
+	27, // 34: parakeet.v1.GetServerInfoResponse.uptime:type_name -> google.protobuf.Duration
+	26, // 35: parakeet.v1.GetServerInfoResponse.library_versions:type_name -> parakeet.v1.GetServerInfoResponse.LibraryVersionsEntry
+	27, // 36: parakeet.v1.GetServerInfoResponse.stream_block:type_name -> google.protobuf.Duration
+	27, // 37: parakeet.v1.GetServerInfoResponse.stream_lookahead:type_name -> google.protobuf.Duration
+	27, // 38: parakeet.v1.GetServerInfoResponse.auto_full_context_limit:type_name -> google.protobuf.Duration
+	27, // 39: parakeet.v1.GetServerInfoResponse.chunk_length:type_name -> google.protobuf.Duration
+	27, // 40: parakeet.v1.GetServerInfoResponse.chunk_overlap:type_name -> google.protobuf.Duration
+	22, // 41: parakeet.v1.GetServerInfoResponse.audio_cache:type_name -> parakeet.v1.CacheStats
+	22, // 42: parakeet.v1.GetServerInfoResponse.transcript_cache:type_name -> parakeet.v1.CacheStats
+	27, // 43: parakeet.v1.GetServerInfoResponse.last_step_duration:type_name -> google.protobuf.Duration
+	27, // 44: parakeet.v1.GetServerInfoResponse.max_stream_lag:type_name -> google.protobuf.Duration
+	27, // 45: parakeet.v1.EndpointingConfig.trailing_silence:type_name -> google.protobuf.Duration
+	27, // 46: parakeet.v1.EndpointingConfig.max_utterance:type_name -> google.protobuf.Duration
+	13, // 47: parakeet.v1.Utterance.transcript:type_name -> parakeet.v1.Transcript
+	27, // 48: parakeet.v1.Utterance.audio_start:type_name -> google.protobuf.Duration
+	27, // 49: parakeet.v1.Utterance.audio_end:type_name -> google.protobuf.Duration
+	5,  // 50: parakeet.v1.Utterance.end_reason:type_name -> parakeet.v1.Utterance.EndReason
+	27, // 51: parakeet.v1.Utterance.closed_at:type_name -> google.protobuf.Duration
+	9,  // 52: parakeet.v1.TranscriptionService.Transcribe:input_type -> parakeet.v1.TranscribeRequest
+	11, // 53: parakeet.v1.TranscriptionService.TranscribeLong:input_type -> parakeet.v1.TranscribeLongRequest
+	18, // 54: parakeet.v1.TranscriptionService.StreamingTranscribe:input_type -> parakeet.v1.StreamingTranscribeRequest
+	20, // 55: parakeet.v1.TranscriptionService.GetServerInfo:input_type -> parakeet.v1.GetServerInfoRequest
+	10, // 56: parakeet.v1.TranscriptionService.Transcribe:output_type -> parakeet.v1.TranscribeResponse
+	12, // 57: parakeet.v1.TranscriptionService.TranscribeLong:output_type -> parakeet.v1.TranscribeLongResponse
+	19, // 58: parakeet.v1.TranscriptionService.StreamingTranscribe:output_type -> parakeet.v1.StreamingTranscribeResponse
+	21, // 59: parakeet.v1.TranscriptionService.GetServerInfo:output_type -> parakeet.v1.GetServerInfoResponse
+	56, // [56:60] is the sub-list for method output_type
+	52, // [52:56] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_parakeet_v1_transcription_proto_init() }
@@ -2677,7 +2756,7 @@ func file_parakeet_v1_transcription_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parakeet_v1_transcription_proto_rawDesc), len(file_parakeet_v1_transcription_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -73,7 +73,7 @@ class AudioFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioFormat.Encoding, str]] = ..., sample_rate_hertz: _Optional[int] = ..., channel_count: _Optional[int] = ...) -> None: ...
 
 class TranscriptionOptions(_message.Message):
-    __slots__ = ("word_timestamps", "decoding_method", "beam_size", "length_penalty", "patience", "duration_reward", "segmentation")
+    __slots__ = ("word_timestamps", "decoding_method", "beam_size", "length_penalty", "patience", "duration_reward", "segmentation", "phrases")
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     DECODING_METHOD_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class TranscriptionOptions(_message.Message):
     PATIENCE_FIELD_NUMBER: _ClassVar[int]
     DURATION_REWARD_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    PHRASES_FIELD_NUMBER: _ClassVar[int]
     word_timestamps: bool
     decoding_method: DecodingMethod
     beam_size: int
@@ -88,7 +89,8 @@ class TranscriptionOptions(_message.Message):
     patience: float
     duration_reward: float
     segmentation: SegmentationOptions
-    def __init__(self, word_timestamps: _Optional[bool] = ..., decoding_method: _Optional[_Union[DecodingMethod, str]] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., patience: _Optional[float] = ..., duration_reward: _Optional[float] = ..., segmentation: _Optional[_Union[SegmentationOptions, _Mapping]] = ...) -> None: ...
+    phrases: _containers.RepeatedCompositeFieldContainer[Phrase]
+    def __init__(self, word_timestamps: _Optional[bool] = ..., decoding_method: _Optional[_Union[DecodingMethod, str]] = ..., beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., patience: _Optional[float] = ..., duration_reward: _Optional[float] = ..., segmentation: _Optional[_Union[SegmentationOptions, _Mapping]] = ..., phrases: _Optional[_Iterable[_Union[Phrase, _Mapping]]] = ...) -> None: ...
 
 class SegmentationOptions(_message.Message):
     __slots__ = ("max_words", "max_silence", "max_duration")
@@ -412,3 +414,11 @@ class Utterance(_message.Message):
     closed_at: _duration_pb2.Duration
     end_of_speech_latency_seconds: float
     def __init__(self, index: _Optional[int] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., audio_start: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_end: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_reason: _Optional[_Union[Utterance.EndReason, str]] = ..., closed_at: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_of_speech_latency_seconds: _Optional[float] = ...) -> None: ...
+
+class Phrase(_message.Message):
+    __slots__ = ("text", "boost")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    boost: float
+    def __init__(self, text: _Optional[str] = ..., boost: _Optional[float] = ...) -> None: ...
