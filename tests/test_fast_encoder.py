@@ -179,7 +179,7 @@ def test_streaming_steps_equal_the_stock_streaming_path(
     audio = np.random.default_rng(9).normal(0, 0.1, 16000 * 5 + 333).astype(np.float32)
     stock_outputs, stock_session = _stream(stock, settings, audio)
     fast_outputs, fast_session = _stream(fast, settings, audio)
-    assert len(stock_outputs) == len(fast_outputs) > 10
+    assert len(stock_outputs) == len(fast_outputs) >= 10  # 60+ frames: the caches trim
     for expected, got in zip(stock_outputs, fast_outputs, strict=True):
         assert expected.shape == got.shape
         assert float(np.abs(expected - got).max()) < ATOL
