@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from parakeet_server.domain import ModelInfo
 from parakeet_server.errors import ModelLoadError, ModelUnavailable
@@ -111,15 +111,7 @@ class Supervisor:
         current = self.current
         if current is None or current.engine is None:
             return {}
-        memory = current.engine.memory()
-        return {
-            "resident": current.resident_bytes(),
-            "mlx_active": memory.mlx_active,
-            "mlx_cache": memory.mlx_cache,
-            "mlx_peak": memory.mlx_peak,
-            "heap_in_use": memory.heap_in_use,
-            "heap_free": memory.heap_free,
-        }
+        return {"resident": current.resident_bytes(), **asdict(current.engine.memory())}
 
     async def close(self) -> None:
         """Stops restarting and closes every worker process."""
