@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -472,3 +473,42 @@ def test_a_bfloat16_model_boosts_too(
     engine.stream_block(session, noise[:32000])
     transcript, _ = engine.stream_finish(session, np.zeros(0, np.float32), TranscriptionOptions())
     assert "ab" in transcript.text.split()
+
+
+def test_greedy_decoding_runs_the_prediction_network_once_per_emitted_token() -> None:
+    """A blank changes nothing the prediction network reads: it runs for the start and after
+    each token, not at every step (the decoder's cost on long blank runs). A stand-in model
+    whose joint passes the frames' scores through says tokens 1, 2, 0 at frames 3, 10, 17 of
+    20, blank elsewhere, each lasting one frame."""
+    import mlx.core as mx
+
+    from parakeet_server.engine.decoding import DecoderState, transducer_greedy
+
+    vocabulary, durations, frames = ["a", "b", "c"], [0, 1, 2], 20
+    blank = len(vocabulary)
+    said = {3: 1, 10: 2, 17: 0}
+    scores = np.full((1, frames, blank + 1 + len(durations)), -5.0, np.float32)
+    scores[0, :, blank] = 0.0
+    for frame, token in said.items():
+        scores[0, frame, token] = 5.0
+    scores[0, :, blank + 1 + durations.index(1)] = 5.0
+    calls: list[Any] = []
+
+    def prediction_network(last: Any, hidden: Any) -> Any:
+        calls.append(None if last is None else int(last.item()))
+        zeros = mx.zeros((1, 1, 2))
+        return zeros, (zeros, zeros)
+
+    width = scores.shape[-1]
+    joint = SimpleNamespace(enc=lambda x: x, pred=lambda out: mx.zeros((1, 1, width)), joint_net=[])
+    model = SimpleNamespace(
+        vocabulary=vocabulary,
+        durations=durations,
+        time_ratio=0.08,
+        max_symbols=None,
+        joint=joint,
+        decoder=prediction_network,
+    )
+    tokens = transducer_greedy(model, mx.array(scores), 0, DecoderState(), True)
+    assert [(t.id, round(t.start / 0.08)) for t in tokens] == [(1, 3), (2, 10), (0, 17)]
+    assert calls == [None, 1, 2, 0]  # at the start, then after each token: 4 runs, not 20

@@ -76,8 +76,10 @@ def _result(transcript: Transcript) -> tuple[Any, ...]:
     return transcript.text, transcript.token_ids, words
 
 
-def _alone(engine: ParakeetEngine, audio: np.ndarray, size: int) -> Transcript:
-    session = engine.open_stream(SCHEDULE)
+def _alone(
+    engine: ParakeetEngine, audio: np.ndarray, size: int, schedule: BlockSchedule = SCHEDULE
+) -> Transcript:
+    session = engine.open_stream(schedule)
     for offset in range(0, len(audio), size):
         engine.stream_block(session, audio[offset : offset + size])
     transcript, _ = engine.stream_finish(session, np.zeros(0, np.float32), OPTIONS)
@@ -130,6 +132,41 @@ def test_streams_batched_together_give_what_each_gives_alone(
     # The batches really held several streams (else this compares alone with alone).
     assert max(batch_sizes) == len(recordings), batch_sizes
     assert sum(size > 1 for size in batch_sizes) >= 5, batch_sizes
+    for got, wanted in zip(together, alone, strict=True):
+        _same(got, wanted)
+
+
+def test_the_same_streams_step_after_step_attend_to_the_caches_their_last_step_left(
+    engine: ParakeetEngine, recordings: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every stream's left context is full, a batch of the same streams reads the keys
+    and values its last step kept as they are (no restacking); results stay each alone's,
+    also as the batch shrinks when the shorter recordings end."""
+    schedule = BlockSchedule(block_frames=12, lookahead_frames=6, left_context_frames=24)
+    alone = [_alone(engine, audio, len(audio), schedule) for audio in recordings]
+    reused: list[bool] = []
+    real = streaming._stacked
+
+    def spying(caches: list[Any]) -> Any:
+        found = real(caches)
+        reused.append(found[0] is not None)
+        return found
+
+    monkeypatch.setattr(streaming, "_stacked", spying)
+    sessions = [engine.open_stream(schedule) for _ in recordings]
+    blocks = list(zip(sessions, recordings, strict=True))
+    rounds = 0
+    while blocks:
+        engine.stream_blocks(blocks)
+        rounds += 1
+        if rounds == 6:  # one stream steps alone in between: its caches move, not the others'
+            engine.stream_block(sessions[0], np.zeros(0, np.float32))
+        blocks = [(s, np.zeros(0, np.float32)) for s in sessions if s.pending_blocks()]
+    together = [
+        engine.stream_finish(session, np.zeros(0, np.float32), OPTIONS)[0] for session in sessions
+    ]
+    assert sum(reused) >= len(reused) // 2, reused  # the path under test really ran
+    assert not all(reused)  # and so did restacking (the first steps, the shrinking batch)
     for got, wanted in zip(together, alone, strict=True):
         _same(got, wanted)
 

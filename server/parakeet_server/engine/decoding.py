@@ -27,6 +27,9 @@ class DecoderState:
     overshoot: int = 0  # TDT durations may jump past a block's end
     previous_ctc: int = -1
     context: int = ROOT  # the phrase-boosting graph's state
+    # The prediction network's output for (last_token, hidden), projected by the joint, and
+    # the LSTM state after it: it changes only when a token is emitted, not at every blank.
+    prediction: Any = None
 
 
 def copy_state(state: DecoderState) -> DecoderState:
@@ -68,7 +71,12 @@ def transducer_greedy(
     tdt: bool,
     graph: ContextGraph | None = None,
 ) -> list[Any]:
-    """Greedy TDT/RNN-T decoding that carries its state (and TDT overshoot) across blocks."""
+    """Greedy TDT/RNN-T decoding that carries its state (and TDT overshoot) across blocks.
+
+    The joint network's encoder projection runs once over all of `features`; the prediction
+    network runs once per emitted token (not once per step, as a blank changes nothing it
+    reads); each step's token and duration come back from one evaluation.
+    """
     from parakeet_mlx.alignment import AlignedToken
     from parakeet_mlx.tokenizer import decode
 
@@ -79,17 +87,23 @@ def transducer_greedy(
     step = state.overshoot
     symbols = 0
     tokens = []
+    joint = model.joint
+    encoded = joint.enc(features[0]) if step < length else None  # (T, joint hidden)
     while step < length:
-        last = mx.array([[state.last_token]]) if state.last_token is not None else None
-        decoder_out, (hidden, cell) = model.decoder(last, state.hidden)
-        decoder_out = decoder_out.astype(features.dtype)
-        joint = model.joint(features[:, step : step + 1], decoder_out)[0, 0]
-        logits = joint[:, : blank + 1] if tdt else joint
-        if graph is None:
-            token = int(mx.argmax(logits))
-        else:  # logits, not log-probabilities: the same up to a constant per step
-            token = int(mx.argmax(logits + gain_row(graph, state.context, logits.shape[-1])))
-        duration = model.durations[int(mx.argmax(joint[:, blank + 1 :]))] if tdt else None
+        assert encoded is not None
+        pred, (hidden, cell) = _prediction(model, state, features.dtype)
+        out = encoded[step] + pred
+        for layer in joint.joint_net:
+            out = layer(out)
+        logits = out[: blank + 1] if tdt else out
+        scores = logits if graph is None else logits + gain_row(graph, state.context, blank + 1)
+        # logits, not log-probabilities: boosting compares them up to a constant per step
+        duration: int | None = None
+        if tdt:
+            choice = np.array(mx.stack([mx.argmax(scores), mx.argmax(out[blank + 1 :])]))
+            token, duration = int(choice[0]), model.durations[int(choice[1])]
+        else:
+            token = int(np.array(mx.argmax(scores)))
         if token != blank:
             tokens.append(
                 AlignedToken(
@@ -102,6 +116,7 @@ def transducer_greedy(
             )
             state.last_token = token
             state.hidden = (hidden.astype(features.dtype), cell.astype(features.dtype))
+            state.prediction = None
             if graph is not None:
                 state.context = graph.next_state(state.context, token)
         if tdt:
@@ -118,6 +133,19 @@ def transducer_greedy(
             symbols = 0
     state.overshoot = step - length
     return tokens
+
+
+def _prediction(model: Any, state: DecoderState, dtype: Any) -> tuple[mx.array, Any]:
+    """The joint's projection of the prediction network's output for the state's last token
+    and LSTM state, with the LSTM state after that token; computed once per emitted token."""
+    if state.prediction is None:
+        last = mx.array([[state.last_token]]) if state.last_token is not None else None
+        decoder_out, hidden_cell = model.decoder(last, state.hidden)
+        pred = model.joint.pred(decoder_out.astype(dtype))[0, 0]
+        mx.eval(pred, hidden_cell)
+        state.prediction = (pred, hidden_cell)
+    prediction: tuple[mx.array, Any] = state.prediction
+    return prediction
 
 
 def ctc_path(

@@ -29,7 +29,7 @@ import ctypes
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlx.core as mx
@@ -85,6 +85,9 @@ class Linear:
     weight: mx.array
     bias: mx.array | None
     transposed: bool = False
+    # Ranges of outputs kept as their own contiguous (in, out) matrices, (start, stop, part):
+    # what the lanes ask `outputs` for (see `_split_outputs`).
+    parts: tuple[tuple[int, int, Linear], ...] = ()
 
     @property
     def matrix(self) -> mx.array:
@@ -103,7 +106,10 @@ class Linear:
         return mx.addmm(residual, x, self.matrix, alpha=scale)
 
     def outputs(self, start: int, stop: int) -> Linear:
-        """The outputs start..stop: a view of the rows of W."""
+        """The outputs start..stop: a part kept for them, else a view of the rows of W."""
+        for first, last, part in self.parts:
+            if (first, last) == (start, stop):
+                return part
         assert not self.transposed
         bias = None if self.bias is None else self.bias[start:stop]
         return Linear(self.weight[start:stop], bias)
@@ -171,6 +177,28 @@ def _transposed_linear(module: Any) -> Linear:
     return Linear(transposed, module.bias if "bias" in module else None, transposed=True)
 
 
+def _split_outputs(linear: Linear, ranges: list[tuple[int, int]]) -> Linear:
+    """`linear` (W stored (out, in)) with each range of outputs kept as its own contiguous
+    transposed matrix, W[start:stop].T, which the lanes multiply without a transpose flag:
+    OpenBLAS runs x @ B ~1.3x faster than x @ W.T at 24-72 rows (bench/encoder.py).
+
+    The parts replace W: `weight` becomes W rebuilt from them, lazily (evaluated only where
+    something still reads W whole, e.g. the stock forward in a comparison), so the split
+    costs no memory beyond the load.
+    """
+    assert not linear.transposed
+    assert not linear.parts
+    parts = []
+    for start, stop in ranges:
+        block = mx.contiguous(linear.weight[start:stop].T)
+        bias = None if linear.bias is None else linear.bias[start:stop]
+        parts.append((start, stop, Linear(block, bias, transposed=True)))
+    mx.eval([part.weight for _, _, part in parts])
+    ordered = sorted(parts, key=lambda item: item[0])
+    whole = mx.concatenate([part.weight.T for _, _, part in ordered], axis=0)
+    return Linear(whole, linear.bias, parts=tuple(parts))
+
+
 def _norm(module: Any) -> Norm:
     return Norm(
         module.weight if "weight" in module else None,
@@ -215,10 +243,12 @@ def _folded_depthwise(conv: Any) -> tuple[mx.array, mx.array]:
     return kernel, bias
 
 
-def layer_weights(layer: Any) -> LayerWeights:
+def layer_weights(layer: Any, lanes: int = 1) -> LayerWeights:
+    """One layer's weights for the fast forward; with `lanes` > 1, the matrices whose outputs
+    the lanes split are kept split (`_split_outputs`) and the stock modules read them back."""
     attn = layer.self_attn
     depthwise, depthwise_bias = _folded_depthwise(layer.conv)
-    return LayerWeights(
+    weights = LayerWeights(
         norm_ff1=_norm(layer.norm_feed_forward1),
         ff1_in=_linear(layer.feed_forward1.linear1),
         ff1_out=_transposed_linear(layer.feed_forward1.linear2),
@@ -239,6 +269,23 @@ def layer_weights(layer: Any) -> LayerWeights:
         ff2_out=_transposed_linear(layer.feed_forward2.linear2),
         norm_out=_norm(layer.norm_out),
     )
+    if lanes < 2:
+        return weights
+    shares = Lanes.shares
+    d = weights.pw2.weight.shape[0]
+    ff1_in = _split_outputs(weights.ff1_in, shares(weights.ff1_in.weight.shape[0], lanes))
+    ff2_in = _split_outputs(weights.ff2_in, shares(weights.ff2_in.weight.shape[0], lanes))
+    qkv = _split_outputs(weights.qkv, shares(3 * d, lanes))
+    glu = shares(d, lanes)
+    pw1 = _split_outputs(weights.pw1, glu + [(d + a, d + b) for a, b in glu])
+    pw2 = _split_outputs(weights.pw2, glu)
+    layer.feed_forward1.linear1.weight = ff1_in.weight
+    layer.feed_forward2.linear1.weight = ff2_in.weight
+    for index, part in enumerate((attn.linear_q, attn.linear_k, attn.linear_v)):
+        part.weight = qkv.weight[index * d : (index + 1) * d]
+    for conv, split in ((layer.conv.pointwise_conv1, pw1), (layer.conv.pointwise_conv2, pw2)):
+        conv.weight = split.weight.reshape(conv.weight.shape)
+    return replace(weights, ff1_in=ff1_in, ff2_in=ff2_in, qkv=qkv, pw1=pw1, pw2=pw2)
 
 
 # --- one layer ----------------------------------------------------------------------------------
@@ -249,9 +296,27 @@ class LayerStep:
     """What one layer computed: its output and what a stream caches for later steps."""
 
     x: mx.array  # (B, S, d)
-    keys: mx.array  # (B, H, S, dh), this call's keys
-    values: mx.array  # (B, H, S, dh)
+    all_keys: mx.array  # (B, H, P + S, dh): the past keys the call attended to, then its own
+    all_values: mx.array  # (B, H, P + S, dh)
     conv_input: mx.array  # (B, S, d), the GLU outputs the depthwise conv read (masked)
+    steps: int  # S
+
+    @property
+    def keys(self) -> mx.array:
+        """This call's keys (B, H, S, dh), a view."""
+        return self.all_keys[:, :, self.all_keys.shape[2] - self.steps :]
+
+    @property
+    def values(self) -> mx.array:
+        return self.all_values[:, :, self.all_values.shape[2] - self.steps :]
+
+    def kept(self, row: int, cached: int, committed: int, keep: int) -> tuple[mx.array, mx.array]:
+        """Row `row`'s cache after this call, as views (no copy): the last `keep` of its own
+        `cached` past keys (the rest of P is left padding) and its first `committed` new
+        keys, with the values alike, each (H, <= keep, dh)."""
+        end = self.all_keys.shape[2] - self.steps + committed
+        start = max(end - cached - committed, end - keep)
+        return self.all_keys[row, :, start:end], self.all_values[row, :, start:end]
 
 
 def project_positions(w: LayerWeights, rows: mx.array) -> mx.array:
@@ -287,10 +352,11 @@ def layer_step(
     `lanes` splits each module's work over parallel CPU streams (`default_lanes()`).
     """
     x = feed_forward(w.norm_ff1, w.ff1_in, w.ff1_out, x, lanes)
+    steps = x.shape[1]
     x, keys, values = self_attention(w, x, positions, past_keys, past_values, key_mask, lanes)
     x, conv_input = convolution(w, x, frame_mask, conv_left, lanes)
     x = feed_forward(w.norm_ff2, w.ff2_in, w.ff2_out, x, lanes)
-    return LayerStep(w.norm_out(x), keys, values, conv_input)
+    return LayerStep(w.norm_out(x), keys, values, conv_input, steps)
 
 
 class Lanes:
@@ -309,6 +375,12 @@ class Lanes:
     def share(self, size: int, index: int) -> tuple[int, int]:
         part = size // self.count
         return index * part, (index + 1) * part
+
+    @staticmethod
+    def shares(size: int, count: int) -> list[tuple[int, int]]:
+        """Every lane's (start, stop) of `size` units with `count` lanes."""
+        part = size // count
+        return [(index * part, (index + 1) * part) for index in range(count)]
 
 
 def feed_forward(
@@ -348,8 +420,8 @@ def self_attention(
     key_mask: mx.array | None = None,
     lanes: Lanes | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """x + relative-position self-attention of norm(x); also this call's keys and values
-    (B, H, S, dh). `positions` as for `layer_step`."""
+    """x + relative-position self-attention of norm(x); also the keys and values it attended
+    to, past then this call's, (B, H, P + S, dh). `positions` as for `layer_step`."""
     batch, steps, d = x.shape
     heads = w.heads
     head_dim = d // heads
@@ -372,7 +444,7 @@ def self_attention(
     values = v if past_values is None else mx.concatenate([past_values, v], axis=2)
     if lanes is None:
         out = _attend(w, q, keys, values, positions, key_mask, 0, heads)
-        return w.att_out.add_to(x, out), k, v
+        return w.att_out.add_to(x, out), keys, values
     parts = []
     for index, stream in enumerate(lanes.streams):
         first, last = lanes.share(heads, index)
@@ -380,7 +452,7 @@ def self_attention(
             out = _attend(w, q, keys, values, positions, key_mask, first, last)
             proj = w.att_out.inputs(first * head_dim, last * head_dim)
             parts.append(proj.add_to(x, out) if index == 0 else proj(out))
-    return _join_sum(parts, 1.0, w.att_out.bias), k, v
+    return _join_sum(parts, 1.0, w.att_out.bias), keys, values
 
 
 def _attend(
@@ -559,7 +631,8 @@ class FastEncoder:
         self.encoder = encoder
         self.lane_count = lane_count() if lanes is None else lanes
         self._thread = threading.local()  # MLX streams belong to the thread that made them
-        self.layers = [layer_weights(layer) for layer in encoder.layers]
+        split = self.lane_count if self.lane_count > 1 and _on_cpu() else 1
+        self.layers = [layer_weights(layer, split) for layer in encoder.layers]
         self._by_layer = {
             id(layer): w for layer, w in zip(encoder.layers, self.layers, strict=True)
         }
@@ -621,8 +694,7 @@ class FastEncoder:
             conv_left=cache.conv,
             lanes=self.lanes(),
         )
-        cache.keys = _keep_last(cache.keys, step.keys[0, :, :committed], keep)
-        cache.values = _keep_last(cache.values, step.values[0, :, :committed], keep)
+        cache.keys, cache.values = step.kept(0, past, committed, keep)
         c = w.conv_context
         left = cache.conv if cache.conv is not None else mx.zeros((1, c, x.shape[2]), x.dtype)
         cache.conv = mx.concatenate([left, step.conv_input[:, :committed]], axis=1)[:, -c:]
@@ -664,6 +736,8 @@ def _arrays(tree: Any) -> list[mx.array]:
     """Every array in dataclasses, dicts, lists and tuples of them."""
     if isinstance(tree, mx.array):
         return [tree]
+    if isinstance(tree, Linear) and tree.parts:  # its whole weight stays lazy
+        return [array for _, _, part in tree.parts for array in _arrays(part)]
     if isinstance(tree, dict):
         tree = list(tree.values())
     elif hasattr(tree, "__dataclass_fields__"):
@@ -671,12 +745,6 @@ def _arrays(tree: Any) -> list[mx.array]:
     if isinstance(tree, (list, tuple)):
         return [array for item in tree for array in _arrays(item)]
     return []
-
-
-def _keep_last(old: mx.array | None, new: mx.array, keep: int) -> mx.array:
-    """The last `keep` keys of `old` then `new` along axis 1 ((H, P, dh) caches)."""
-    joined = new if old is None else mx.concatenate([old, new], axis=1)
-    return joined if joined.shape[1] <= keep else joined[:, joined.shape[1] - keep :]
 
 
 # --- a batch of streams -------------------------------------------------------------------------
@@ -692,31 +760,48 @@ def stack_caches(
     Left padding puts every stream's last cached key at P - 1, so query i is at P + i for all
     of them and one relative-position table serves the batch; the padding is masked.
     """
-    past = max((0 if k is None else k.shape[1]) for k in keys)
-    most = max(steps)
     ref = next((k for k in keys if k is not None), None)
     dtype = ref.dtype if ref is not None else mx.float32
-    padded_keys: list[mx.array] = []
-    padded_values: list[mx.array] = []
-    valid_rows = []
-    for k, v, s in zip(keys, values, steps, strict=True):
-        have = 0 if k is None else k.shape[1]
-        if ref is not None:
-            heads, _, head_dim = ref.shape
-            gap = mx.zeros((heads, past - have, head_dim), dtype)
-            padded_keys.append(gap if k is None else mx.concatenate([gap, k], axis=1))
-            padded_values.append(gap if v is None else mx.concatenate([gap, v], axis=1))
-        valid_rows.append(
-            mx.concatenate(
-                [mx.arange(past) >= past - have, mx.arange(most) < s]  # past, then new frames
-            )
-        )
-    valid = mx.stack(valid_rows)
+    key_mask, frame_mask = batch_masks([0 if k is None else k.shape[1] for k in keys], steps, dtype)
+    past_keys, past_values = stack_past(keys, values)
+    return past_keys, past_values, key_mask, frame_mask
+
+
+def batch_masks(cached: list[int], steps: list[int], dtype: Any) -> tuple[mx.array, mx.array]:
+    """(key_mask (B, P + S) additive, frame_mask (B, S)) for streams with `cached` keys each
+    (left-padded to P = max) and `steps` new frames each (right-padded to S = max). Every
+    layer of a step has the same cache lengths, so one pair serves all of them."""
+    past, most = max(cached), max(steps)
+    valid = mx.stack(
+        [
+            mx.concatenate([mx.arange(past) >= past - have, mx.arange(most) < count])
+            for have, count in zip(cached, steps, strict=True)
+        ]
+    )
     key_mask = mx.where(valid, 0.0, -mx.inf).astype(dtype)
-    frame_mask = valid[:, past:].astype(dtype)
+    return key_mask, valid[:, past:].astype(dtype)
+
+
+def stack_past(
+    keys: list[mx.array | None], values: list[mx.array | None]
+) -> tuple[mx.array | None, mx.array | None]:
+    """Per-stream caches (H, P_b, dh) as one (B, H, P, dh) pair, left-padded with zeros to
+    P = max P_b (None, None while no stream has any)."""
+    ref = next((k for k in keys if k is not None), None)
     if ref is None:
-        return None, None, key_mask, frame_mask
-    return mx.stack(padded_keys), mx.stack(padded_values), key_mask, frame_mask
+        return None, None
+    heads, _, head_dim = ref.shape
+    past = max(0 if k is None else k.shape[1] for k in keys)
+
+    def padded(cache: mx.array | None) -> mx.array:
+        have = 0 if cache is None else cache.shape[1]
+        if have == past:
+            assert cache is not None
+            return cache
+        gap = mx.zeros((heads, past - have, head_dim), ref.dtype)
+        return gap if cache is None else mx.concatenate([gap, cache], axis=1)
+
+    return mx.stack([padded(k) for k in keys]), mx.stack([padded(v) for v in values])
 
 
 # --- subsampling --------------------------------------------------------------------------------
@@ -911,6 +996,7 @@ __all__ = [
     "Lanes",
     "LayerStep",
     "LayerWeights",
+    "batch_masks",
     "enabled",
     "fast_encoder_of",
     "install",
@@ -920,5 +1006,6 @@ __all__ = [
     "project_positions",
     "set_blas_threads",
     "stack_caches",
+    "stack_past",
     "uninstall",
 ]

@@ -132,6 +132,10 @@ class _LayerCache:
     keys: mx.array | None = None
     values: mx.array | None = None
     conv: mx.array | None = None  # GLU outputs of the last committed frames, (1, k-1/2, d)
+    # After a batched step in which every stream kept as many keys: the batch's kept keys
+    # and values (B, H, P, dh), this stream's row, and the `keys` view of that row. The next
+    # step of the same streams in the same order attends to them as they are (no stacking).
+    stacked: tuple[mx.array, mx.array, int, mx.array] | None = None
 
 
 class StreamingSession:
@@ -416,9 +420,12 @@ def step_streams(sessions: list[StreamingSession]) -> list[StepResult]:
     x = mx.concatenate([mx.pad(x, [(0, 0), (0, most - x.shape[1]), (0, 0)]) for x in inputs])
     committed = [end - start for start, end, _ in spans]
     keep = first._settings.left_context_frames
+    cached = [_cached_frames(session._caches[0]) for session in sessions]
+    masks = fast_encoder.batch_masks(cached, steps, x.dtype)
     for index, layer in enumerate(first._encoder.layers):
         caches = [session._caches[index] for session in sessions]
-        x = _batched_layer(fast, layer, caches, x, steps, committed, first._positions(layer), keep)
+        table = first._positions(layer)
+        x = _batched_layer(fast, layer, caches, x, masks, cached, committed, table, keep)
     mx.eval(x)
     results = []
     for row, (session, (start, end, ahead)) in enumerate(zip(sessions, spans, strict=True)):
@@ -432,17 +439,23 @@ def _batched_layer(
     layer: Any,
     caches: list[_LayerCache],
     x: mx.array,
-    steps: list[int],
+    masks: tuple[mx.array, mx.array],
+    cached: list[int],
     committed: list[int],
     table: tuple[mx.array, int] | None,
     keep: int,
 ) -> mx.array:
     """`FastEncoder.stream_layer` for a batch of streams: x (B, S, d), right-padded past each
-    stream's `steps`; each cache gains its stream's first `committed` frames."""
+    stream's steps, `masks` (key mask, frame mask) from `fast_encoder.batch_masks` for
+    streams with `cached` keys each; each cache gains its stream's first `committed` frames.
+    The caches become views of what the layer attended to: nothing is copied to keep them."""
     w = fast.weights_of(layer)
-    past_keys, past_values, key_mask, frame_mask = fast_encoder.stack_caches(
-        [cache.keys for cache in caches], [cache.values for cache in caches], steps
-    )
+    key_mask, frame_mask = masks
+    past_keys, past_values = _stacked(caches)
+    if past_keys is None:
+        past_keys, past_values = fast_encoder.stack_past(
+            [cache.keys for cache in caches], [cache.values for cache in caches]
+        )
     past = 0 if past_keys is None else past_keys.shape[2]
     context = w.conv_context
     zeros = mx.zeros((1, context, x.shape[2]), x.dtype)
@@ -458,13 +471,39 @@ def _batched_layer(
         conv_left=conv_left,
         lanes=fast.lanes(),
     )
+    uniform = len(set(cached)) == 1 and len(set(committed)) == 1
+    if uniform:  # one slice of the batch serves every stream, and the next step as it is
+        end = past + committed[0]
+        start = max(end - cached[0] - committed[0], end - keep)
+        keys, values = step.all_keys[:, :, start:end], step.all_values[:, :, start:end]
     for row, (cache, count) in enumerate(zip(caches, committed, strict=True)):
-        cache.keys = _keep_last(cache.keys, step.keys[row, :, :count], keep, axis=1)
-        cache.values = _keep_last(cache.values, step.values[row, :, :count], keep, axis=1)
+        if uniform:
+            cache.keys, cache.values = keys[row], values[row]
+            cache.stacked = (keys, values, row, cache.keys)
+        else:
+            cache.keys, cache.values = step.kept(row, cached[row], count, keep)
+            cache.stacked = None
         left = conv_left[row : row + 1]
         fresh = step.conv_input[row : row + 1, :count]
         cache.conv = mx.concatenate([left, fresh], axis=1)[:, -context:]
     return step.x
+
+
+def _stacked(caches: list[_LayerCache]) -> tuple[mx.array | None, mx.array | None]:
+    """The batch's past keys and values as the last batched step left them, when these are
+    the same streams in the same order and none of their caches changed since; else None."""
+    first = caches[0].stacked
+    if first is None or first[0].shape[0] != len(caches):
+        return None, None
+    for row, cache in enumerate(caches):
+        mark = cache.stacked
+        if mark is None or mark[0] is not first[0] or mark[2] != row or mark[3] is not cache.keys:
+            return None, None
+    return first[0], first[1]
+
+
+def _cached_frames(cache: _LayerCache) -> int:
+    return 0 if cache.keys is None else int(cache.keys.shape[1])
 
 
 def _keep_last(old: mx.array | None, new: mx.array, keep: int, axis: int) -> mx.array:
