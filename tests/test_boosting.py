@@ -512,3 +512,47 @@ def test_greedy_decoding_runs_the_prediction_network_once_per_emitted_token() ->
     tokens = transducer_greedy(model, mx.array(scores), 0, DecoderState(), True)
     assert [(t.id, round(t.start / 0.08)) for t in tokens] == [(1, 3), (2, 10), (0, 17)]
     assert calls == [None, 1, 2, 0]  # at the start, then after each token: 4 runs, not 20
+
+
+@pytest.mark.parametrize("kind", ["tdt", "rnnt"])
+def test_unary_greedy_decoding_gives_parakeet_mlx_own_tokens(
+    engines: dict[str, ParakeetEngine],
+    kind: str,
+    noise: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Transcribe decodes greedy transducers with the server's decoder (one prediction
+    network run per token): parakeet-mlx's own `generate` must give the same tokens, times and
+    confidences, alone and in a batch of recordings of different lengths."""
+    from parakeet_mlx import DecodingConfig, Greedy
+
+    engine = engines[kind]
+    model = engine._model
+    clips = [noise[:32000], noise[:24000]]
+    wanted = []
+    for clip in clips:
+        (result,) = model.generate(
+            engine._mels([clip])[0], decoding_config=DecodingConfig(Greedy())
+        )
+        wanted.append([(t.id, t.start, t.duration, t.confidence) for t in result.tokens])
+    assert all(wanted)
+    config = DecodingConfig(Greedy())
+    from parakeet_server.engine import decoding
+
+    ours: list[int] = []
+    real = decoding.transducer_greedy
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        ours.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "transducer_greedy", counting)
+    alone = [engine._generate([clip], config)[0] for clip in clips]
+    together = engine._generate_padded(clips, config, None)
+    assert len(ours) == 2 * len(clips)  # the server's decoder, not parakeet-mlx's
+    for got in (alone, together):
+        for tokens, expected in zip(got, wanted, strict=True):
+            assert [t.id for t in tokens] == [e[0] for e in expected]
+            for t, (_, start, duration, confidence) in zip(tokens, expected, strict=True):
+                assert (t.start, t.duration) == pytest.approx((start, duration))
+                assert t.confidence == pytest.approx(confidence, abs=1e-5)

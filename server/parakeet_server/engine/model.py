@@ -422,15 +422,7 @@ class ParakeetEngine:
         del mels
         features, feature_lengths = self._model.encoder(batch, lengths)
         mx.eval(features, feature_lengths)
-        if graph is not None:
-            return [
-                self._decode_boosted(features[i : i + 1], int(feature_lengths[i]), config, graph)
-                for i in range(len(pieces))
-            ]
-        decoded = self._model.decode(features, feature_lengths, config=config)
-        # Transducers answer (tokens, decoder states), CTC the tokens alone.
-        hypotheses = decoded[0] if isinstance(decoded, tuple) else decoded
-        return [list(tokens) for tokens in hypotheses]
+        return self._decode_all(features, feature_lengths, config, graph)
 
     def _generate_batch(self, pieces: list[np.ndarray], config: Any) -> list[list[Any]]:
         import mlx.core as mx
@@ -439,8 +431,29 @@ class ParakeetEngine:
         mels = self._mels(pieces)
         batch = mx.concatenate(mels, axis=0).astype(dtype)
         del mels
-        results = self._model.generate(batch, decoding_config=config)
-        return [list(result.tokens) for result in results]
+        features, lengths = self._model.encoder(batch)
+        mx.eval(features, lengths)
+        return self._decode_all(features, lengths, config, None)
+
+    def _decode_all(
+        self, features: Any, lengths: Any, config: Any, graph: ContextGraph | None
+    ) -> list[list[Any]]:
+        """Each item's tokens from its encoder output (B, T, d), `lengths` frames each.
+
+        Greedy transducer decoding (and anything boosted) runs `decoding.transducer_greedy`:
+        parakeet-mlx's greedy rule, token for token (tested), but with the prediction network
+        run once per emitted token instead of once per step (~10x less decoding time)."""
+        from parakeet_mlx import Greedy
+
+        if graph is not None or (isinstance(config.decoding, Greedy) and self.info.kind != "ctc"):
+            return [
+                self._decode_boosted(features[i : i + 1], int(lengths[i]), config, graph)
+                for i in range(features.shape[0])
+            ]
+        decoded = self._model.decode(features, lengths, config=config)
+        # Transducers answer (tokens, decoder states), CTC the tokens alone.
+        hypotheses = decoded[0] if isinstance(decoded, tuple) else decoded
+        return [list(tokens) for tokens in hypotheses]
 
     def _generate_boosted(
         self,
