@@ -96,6 +96,19 @@ def server(
     assert running.stop() == 0, running.log()
 
 
+@pytest.fixture(scope="module")
+def metered_server(
+    tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A server of the module's own (default flags, metrics on), for tests that count model
+    steps or read metric deltas no other module's calls may touch."""
+    running = start_server(
+        tdt_checkpoint, tmp_path_factory.mktemp("metered"), "--metrics-address", "127.0.0.1:0"
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
 @pytest.fixture(scope="session")
 def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server on the trained tiny CTC checkpoint (real words from espeak-ng speech), shared

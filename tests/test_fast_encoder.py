@@ -212,9 +212,8 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
     convs[1] = mx.zeros((1, c, d))  # a stream's first step has no conv context
     xs = [mx.random.normal((1, s, d), key=rng[9 + i]) for i, s in enumerate(step_lengths)]
 
-    past_keys, past_values, key_mask, frame_mask = fast_encoder.stack_caches(
-        keys, values, step_lengths
-    )
+    key_mask, frame_mask = fast_encoder.batch_masks(past_lengths, step_lengths, mx.float32)
+    past_keys, past_values = fast_encoder.stack_past(keys, values)
     most = max(step_lengths)
     x = mx.concatenate([mx.pad(x, [(0, 0), (0, most - x.shape[1]), (0, 0)]) for x in xs])
     batched = fast_encoder.layer_step(

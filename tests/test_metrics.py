@@ -15,27 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import stream, transcribe
 from parakeet_client.proto.parakeet.v1 import transcription_pb2 as pb
-from parakeet_server.testing.launcher import RunningServer, start_server
+from parakeet_server.testing.launcher import RunningServer
 from scrape import Samples, delta, scrape, scrape_until, value
 
 
-@pytest.fixture(scope="module")
-def metered(
-    tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    running = start_server(
-        tdt_checkpoint, tmp_path_factory.mktemp("metrics"), "--metrics-address", "127.0.0.1:0"
-    )
-    yield running
-    assert running.stop() == 0, running.log()
-
-
 def test_metrics_move_by_exactly_the_traffic_sent(
-    metered: RunningServer, speech_wav: bytes, speech_dir: Path
+    metered_server: RunningServer, speech_wav: bytes, speech_dir: Path
 ) -> None:
-    stub = metered.stub()
+    stub = metered_server.stub()
     service = "parakeet.v1.TranscriptionService"
-    before = scrape(metered)
+    before = scrape(metered_server)
 
     unary = transcribe(stub, speech_wav)
     repeated = transcribe(stub, speech_wav)
@@ -72,7 +61,7 @@ def test_metrics_move_by_exactly_the_traffic_sent(
             for rpc, code in calls
         )
 
-    after = scrape_until(metered, counted)
+    after = scrape_until(metered_server, counted)
     for rpc, code in calls:
         expected = 2 if (rpc, code) == ("Transcribe", "OK") else 1
         assert delta(before, after, requests, service=service, rpc=rpc, code=code) == expected, (
@@ -113,7 +102,7 @@ def test_metrics_move_by_exactly_the_traffic_sent(
 
 
 def test_an_open_stream_is_in_flight_until_it_ends(
-    metered: RunningServer, speech_dir: Path
+    metered_server: RunningServer, speech_dir: Path
 ) -> None:
     pcm = (speech_dir / "speech.s16le").read_bytes()
     chunks: queue.Queue[bytes | None] = queue.Queue()
@@ -132,16 +121,16 @@ def test_an_open_stream_is_in_flight_until_it_ends(
             yield pb.StreamingTranscribeRequest(audio=chunk)
 
     chunks.put(pcm[:80000])
-    responses = metered.stub().StreamingTranscribe(requests(), timeout=120)
+    responses = metered_server.stub().StreamingTranscribe(requests(), timeout=120)
     assert not next(responses).is_final
-    during = scrape(metered)
+    during = scrape(metered_server)
     chunks.put(None)
     assert list(responses)[-1].is_final
 
     def ended(samples: Samples) -> bool:
         return value(samples, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 0
 
-    after = scrape_until(metered, ended)
+    after = scrape_until(metered_server, ended)
     assert value(during, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 1
     assert value(after, "parakeet_in_flight_requests", rpc="StreamingTranscribe") == 0
 

@@ -409,18 +409,6 @@ def test_auto_mode_streams_past_its_full_context_limit(
 # --- long streams ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def metered_server(
-    tdt_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    """A server of its own (default flags, metrics on): long streams, counted model steps."""
-    running = start_server(
-        tdt_checkpoint, tmp_path_factory.mktemp("metered"), "--metrics-address", "127.0.0.1:0"
-    )
-    yield running
-    assert running.stop() == 0, running.log()
-
-
 def _peak_resident_bytes(pid: int) -> int:
     """VmHWM: the most resident memory the process ever had (pages actually touched)."""
     with open(f"/proc/{pid}/status") as status:

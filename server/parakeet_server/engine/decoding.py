@@ -88,9 +88,8 @@ def transducer_greedy(
     symbols = 0
     tokens = []
     joint = model.joint
-    encoded = joint.enc(features[0]) if step < length else None  # (T, joint hidden)
+    encoded = joint.enc(features[0])  # (T, joint hidden); lazy: nothing runs without a step
     while step < length:
-        assert encoded is not None
         pred, (hidden, cell) = _prediction(model, state, features.dtype)
         out = encoded[step] + pred
         for layer in joint.joint_net:

@@ -310,13 +310,13 @@ class LayerStep:
     def values(self) -> mx.array:
         return self.all_values[:, :, self.all_values.shape[2] - self.steps :]
 
-    def kept(self, row: int, cached: int, committed: int, keep: int) -> tuple[mx.array, mx.array]:
-        """Row `row`'s cache after this call, as views (no copy): the last `keep` of its own
-        `cached` past keys (the rest of P is left padding) and its first `committed` new
-        keys, with the values alike, each (H, <= keep, dh)."""
+    def kept(self, cached: int, committed: int, keep: int) -> tuple[mx.array, mx.array]:
+        """Every row's cache after this call, as views (no copy), for rows that all had
+        `cached` past keys (the rest of P is left padding) and commit their first `committed`
+        new ones: the last `keep` of those, keys and values each (B, H, <= keep, dh)."""
         end = self.all_keys.shape[2] - self.steps + committed
         start = max(end - cached - committed, end - keep)
-        return self.all_keys[row, :, start:end], self.all_values[row, :, start:end]
+        return self.all_keys[:, :, start:end], self.all_values[:, :, start:end]
 
 
 def project_positions(w: LayerWeights, rows: mx.array) -> mx.array:
@@ -373,8 +373,7 @@ class Lanes:
         self.streams = [mx.new_stream(mx.cpu) for _ in range(count)]
 
     def share(self, size: int, index: int) -> tuple[int, int]:
-        part = size // self.count
-        return index * part, (index + 1) * part
+        return Lanes.shares(size, self.count)[index]
 
     @staticmethod
     def shares(size: int, count: int) -> list[tuple[int, int]]:
@@ -694,7 +693,8 @@ class FastEncoder:
             conv_left=cache.conv,
             lanes=self.lanes(),
         )
-        cache.keys, cache.values = step.kept(0, past, committed, keep)
+        keys, values = step.kept(past, committed, keep)
+        cache.keys, cache.values = keys[0], values[0]
         c = w.conv_context
         left = cache.conv if cache.conv is not None else mx.zeros((1, c, x.shape[2]), x.dtype)
         cache.conv = mx.concatenate([left, step.conv_input[:, :committed]], axis=1)[:, -c:]
@@ -748,23 +748,6 @@ def _arrays(tree: Any) -> list[mx.array]:
 
 
 # --- a batch of streams -------------------------------------------------------------------------
-
-
-def stack_caches(
-    keys: list[mx.array | None], values: list[mx.array | None], steps: list[int]
-) -> tuple[mx.array | None, mx.array | None, mx.array, mx.array]:
-    """Per-stream caches (H, P_b, dh) (None: nothing cached yet) and new-frame counts S_b as
-    `layer_step` arguments for one batch: (past keys (B, H, P, dh) left-padded, past values,
-    key_mask (B, P + S) additive, frame_mask (B, S)), with P = max P_b and S = max S_b.
-
-    Left padding puts every stream's last cached key at P - 1, so query i is at P + i for all
-    of them and one relative-position table serves the batch; the padding is masked.
-    """
-    ref = next((k for k in keys if k is not None), None)
-    dtype = ref.dtype if ref is not None else mx.float32
-    key_mask, frame_mask = batch_masks([0 if k is None else k.shape[1] for k in keys], steps, dtype)
-    past_keys, past_values = stack_past(keys, values)
-    return past_keys, past_values, key_mask, frame_mask
 
 
 def batch_masks(cached: list[int], steps: list[int], dtype: Any) -> tuple[mx.array, mx.array]:
@@ -1005,7 +988,6 @@ __all__ = [
     "layer_weights",
     "project_positions",
     "set_blas_threads",
-    "stack_caches",
     "stack_past",
     "uninstall",
 ]

@@ -471,18 +471,16 @@ def _batched_layer(
         conv_left=conv_left,
         lanes=fast.lanes(),
     )
+    # Streams that all kept as many keys share one slice of the batch, which the next step
+    # of the same streams reads as it is; otherwise each stream's own slice of its row.
     uniform = len(set(cached)) == 1 and len(set(committed)) == 1
-    if uniform:  # one slice of the batch serves every stream, and the next step as it is
-        end = past + committed[0]
-        start = max(end - cached[0] - committed[0], end - keep)
-        keys, values = step.all_keys[:, :, start:end], step.all_values[:, :, start:end]
+    if uniform:
+        keys, values = step.kept(cached[0], committed[0], keep)
     for row, (cache, count) in enumerate(zip(caches, committed, strict=True)):
-        if uniform:
-            cache.keys, cache.values = keys[row], values[row]
-            cache.stacked = (keys, values, row, cache.keys)
-        else:
-            cache.keys, cache.values = step.kept(row, cached[row], count, keep)
-            cache.stacked = None
+        if not uniform:
+            keys, values = step.kept(cached[row], count, keep)
+        cache.keys, cache.values = keys[row], values[row]
+        cache.stacked = (keys, values, row, cache.keys) if uniform else None
         left = conv_left[row : row + 1]
         fresh = step.conv_input[row : row + 1, :count]
         cache.conv = mx.concatenate([left, fresh], axis=1)[:, -context:]
