@@ -142,25 +142,26 @@ def profile(model: Any, fast: Any, seconds: float, batch: int, repeats: int, thr
         for w in fast.layers:
 
             def ff1(x: mx.array = x, w: Any = w) -> mx.array:
-                return fe.feed_forward(w.norm_ff1, w.ff1_in, w.ff1_out, x, lanes)
+                s = fe.lane_streams(w, lanes)
+                return fe.feed_forward(w, (x,) * len(s), s)[0]
 
             x = timed("feed-forward 1", ff1)
 
             def attention(x: mx.array = x, w: Any = w) -> mx.array:
-                return fe.self_attention(w, x, rows, lanes=lanes)[0]
+                s = fe.lane_streams(w, lanes)
+                return fe.self_attention(w, (x,) * len(s), rows, s)[0][0]
 
             x = timed("attention", attention)
 
             def conv_module(x: mx.array = x, w: Any = w) -> mx.array:
-                out: mx.array = fe.convolution(w, x, lanes=lanes)[0]
-                return out
+                s = fe.lane_streams(w, lanes)
+                return fe.convolution(w, (x,) * len(s), s)[0][0]
 
             x = timed("conv module", conv_module)
 
             def ff2(x: mx.array = x, w: Any = w) -> mx.array:
-                out: mx.array = w.norm_out(
-                    fe.feed_forward(w.norm_ff2, w.ff2_in, w.ff2_out, x, lanes)
-                )
+                s = fe.lane_streams(w, lanes)
+                out: mx.array = w.norm_out(fe.feed_forward(w, (x,) * len(s), s, second=True)[0])
                 return out
 
             x = timed("feed-forward 2", ff2)

@@ -213,7 +213,10 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
     xs = [mx.random.normal((1, s, d), key=rng[9 + i]) for i, s in enumerate(step_lengths)]
 
     key_mask, frame_mask = fast_encoder.batch_masks(past_lengths, step_lengths, mx.float32)
-    past_keys, past_values = fast_encoder.stack_past(keys, values)
+    # Caches as the lanes keep them: each lane's heads and channels.
+    lane_keys = [None if k is None else fast_encoder.split_heads(w, k, 0) for k in keys]
+    lane_values = [None if v is None else fast_encoder.split_heads(w, v, 0) for v in values]
+    past_keys, past_values = fast_encoder.stack_past(lane_keys, lane_values)
     most = max(step_lengths)
     x = mx.concatenate([mx.pad(x, [(0, 0), (0, most - x.shape[1]), (0, 0)]) for x in xs])
     batched = fast_encoder.layer_step(
@@ -224,7 +227,7 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
         past_values=past_values,
         key_mask=key_mask,
         frame_mask=frame_mask,
-        conv_left=mx.concatenate(convs),
+        conv_left=fast_encoder.split_channels(w, mx.concatenate(convs)),
         lanes=fast.lanes(),
     )
     for i, (p, s) in enumerate(zip(past_lengths, step_lengths, strict=True)):
@@ -232,14 +235,22 @@ def test_a_batch_of_streams_with_different_caches_equals_each_stream_alone(
             w,
             xs[i],
             fast.relative_positions(w, p, s),
-            past_keys=_with_batch_axis(keys[i]),
-            past_values=_with_batch_axis(values[i]),
-            conv_left=convs[i],
+            past_keys=_with_batch_axis(lane_keys[i]),
+            past_values=_with_batch_axis(lane_values[i]),
+            conv_left=fast_encoder.split_channels(w, convs[i]),
             lanes=fast.lanes(),
         )
+        assert all(_max_diff(copy, batched.x) == 0.0 for copy in batched.outputs)
         assert _max_diff(batched.x[i : i + 1, :s], alone.x) < ATOL
-        assert _max_diff(batched.keys[i : i + 1, :, :s], alone.keys) < ATOL
-        assert _max_diff(batched.conv_input[i : i + 1, :s], alone.conv_input) < ATOL
+        batched_keys = fast_encoder.join_heads(batched.keys, 1)
+        assert (
+            _max_diff(batched_keys[i : i + 1, :, :s], fast_encoder.join_heads(alone.keys, 1)) < ATOL
+        )
+        batched_conv = mx.concatenate(list(batched.conv_input), axis=-1)
+        assert (
+            _max_diff(batched_conv[i : i + 1, :s], mx.concatenate(list(alone.conv_input), axis=-1))
+            < ATOL
+        )
 
 
 @pytest.fixture(scope="module")
@@ -333,5 +344,5 @@ def test_the_fast_encoder_runs_on_another_thread_than_the_one_that_installed_it(
     assert results[0] < ATOL
 
 
-def _with_batch_axis(cache: mx.array | None) -> mx.array | None:
-    return None if cache is None else cache[None]
+def _with_batch_axis(cache: fast_encoder.Groups | None) -> fast_encoder.Groups | None:
+    return None if cache is None else tuple(group[None] for group in cache)

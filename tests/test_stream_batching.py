@@ -178,7 +178,8 @@ def test_a_batch_of_streams_is_one_encoder_pass_per_layer(
     real_layer = streaming._batched_layer
 
     def counting(*args: Any) -> Any:
-        calls.append(args[3].shape[0])  # the batch's x: (B, S, d)
+        x = args[3]  # the batch's x: (B, S, d), or each lane's copy of it
+        calls.append((x[0] if isinstance(x, tuple) else x).shape[0])
         return real_layer(*args)
 
     monkeypatch.setattr(streaming, "_batched_layer", counting)

@@ -157,7 +157,7 @@ def test_per_step_work_is_bounded_by_block_lookahead_and_left_context(model: Any
             # What each step keeps: at most the left context of keys per layer, and mel only
             # for the next window — never the stream's history.
             assert session._caches[0].keys is not None
-            assert session._caches[0].keys.shape[1] <= settings.left_context_frames
+            assert session._caches[0].keys[0].shape[1] <= settings.left_context_frames
             window = (settings.block_frames + settings.lookahead_frames + 4) * 8
             assert session._mel.shape[0] <= window + 8 * 30
     assert session.committed_seconds > 25

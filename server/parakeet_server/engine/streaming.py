@@ -37,6 +37,7 @@ from parakeet_server.domain import BlockSchedule, Transcript
 from parakeet_server.engine import fast_encoder
 from parakeet_server.engine.boosting import ContextGraph
 from parakeet_server.engine.decoding import DecoderState, copy_state, ctc_greedy, transducer_greedy
+from parakeet_server.engine.fast_encoder import Groups
 from parakeet_server.engine.features import RunningNormaliser, StreamingFeatures
 from parakeet_server.engine.results import to_transcript
 
@@ -129,13 +130,16 @@ MAX_POSITION_TABLE = 1024
 
 @dataclass
 class _LayerCache:
-    keys: mx.array | None = None
-    values: mx.array | None = None
-    conv: mx.array | None = None  # GLU outputs of the last committed frames, (1, k-1/2, d)
+    """A stream's context in one layer, per lane of the fast encoder (`fast_encoder.Groups`:
+    each lane's heads, each lane's channels; one group without it)."""
+
+    keys: Groups | None = None  # per lane (h, P, dh)
+    values: Groups | None = None
+    conv: Groups | None = None  # GLU outputs of the last committed frames, (1, (K-1)/2, c)
     # After a batched step in which every stream kept as many keys: the batch's kept keys
-    # and values (B, H, P, dh), this stream's row, and the `keys` view of that row. The next
-    # step of the same streams in the same order attends to them as they are (no stacking).
-    stacked: tuple[mx.array, mx.array, int, mx.array] | None = None
+    # and values (per lane (B, h, P, dh)), this stream's row, and the `keys` of that row.
+    # The next step of the same streams in the same order attends to them as they are.
+    stacked: tuple[Groups, Groups, int, Groups] | None = None
 
 
 class StreamingSession:
@@ -283,8 +287,17 @@ class StreamingSession:
         """Encoder output for frames [start, ahead); frames [start, end) are committed."""
         x = self._embed(start, ahead)
         committed = end - start
-        for layer, cache in zip(self._encoder.layers, self._caches, strict=True):
-            x = self._layer(layer, cache, x, committed)
+        layers = zip(self._encoder.layers, self._caches, strict=True)
+        if self._fast is not None:
+            keep = self._settings.left_context_frames
+            outputs: mx.array | tuple[mx.array, ...] = x
+            for layer, cache in layers:
+                table = self._positions(layer)
+                outputs = self._fast.stream_layer(layer, cache, outputs, committed, table, keep)
+            x = outputs[0]
+        else:
+            for layer, cache in layers:
+                x = self._stock_layer(layer, cache, x, committed)
         self._advance(end)
         return x
 
@@ -328,16 +341,14 @@ class StreamingSession:
             self._mel_offset = keep_from
         self._committed_frames = end
 
-    def _layer(self, layer: Any, cache: _LayerCache, x: mx.array, committed: int) -> mx.array:
-        if self._fast is not None:
-            keep = self._settings.left_context_frames
-            return self._fast.stream_layer(layer, cache, x, committed, self._positions(layer), keep)
+    def _stock_layer(self, layer: Any, cache: _LayerCache, x: mx.array, committed: int) -> mx.array:
+        """One layer step with the stock modules (no fast encoder): caches of one group."""
         x = x + 0.5 * layer.feed_forward1(layer.norm_feed_forward1(x))
         attended, k, v = local_attention(
             layer.self_attn,
             layer.norm_self_att(x),
-            cache.keys,
-            cache.values,
+            None if cache.keys is None else cache.keys[0],
+            None if cache.values is None else cache.values[0],
             self._encoder.pos_enc._pe,
             self._positions(layer),
         )
@@ -345,8 +356,10 @@ class StreamingSession:
         x = x + self._convolution(layer.conv, cache, layer.norm_conv(x), committed)
         x = x + 0.5 * layer.feed_forward2(layer.norm_feed_forward2(x))
         keep = self._settings.left_context_frames
-        cache.keys = _keep_last(cache.keys, k[:, :committed], keep, axis=1)
-        cache.values = _keep_last(cache.values, v[:, :committed], keep, axis=1)
+        old_keys = None if cache.keys is None else cache.keys[0]
+        old_values = None if cache.values is None else cache.values[0]
+        cache.keys = (_keep_last(old_keys, k[:, :committed], keep, axis=1),)
+        cache.values = (_keep_last(old_values, v[:, :committed], keep, axis=1),)
         out: mx.array = layer.norm_out(x)
         return out
 
@@ -374,9 +387,9 @@ class StreamingSession:
         y = conv.pointwise_conv1(x)
         y = nn.glu(y, axis=2)
         pad = self._conv_context
-        left = cache.conv if cache.conv is not None else mx.zeros((1, pad, y.shape[2]), y.dtype)
+        left = cache.conv[0] if cache.conv is not None else mx.zeros((1, pad, y.shape[2]), y.dtype)
         padded = mx.concatenate([left, y, mx.zeros((1, pad, y.shape[2]), y.dtype)], axis=1)
-        cache.conv = mx.concatenate([left, y[:, :committed]], axis=1)[:, -pad:]
+        cache.conv = (mx.concatenate([left, y[:, :committed]], axis=1)[:, -pad:],)
         out = conv.depthwise_conv(padded)
         out = conv.activation(conv.batch_norm(out))
         return conv.pointwise_conv2(out)  # type: ignore[no-any-return]
@@ -422,10 +435,14 @@ def step_streams(sessions: list[StreamingSession]) -> list[StepResult]:
     keep = first._settings.left_context_frames
     cached = [_cached_frames(session._caches[0]) for session in sessions]
     masks = fast_encoder.batch_masks(cached, steps, x.dtype)
+    outputs: mx.array | tuple[mx.array, ...] = x
     for index, layer in enumerate(first._encoder.layers):
         caches = [session._caches[index] for session in sessions]
         table = first._positions(layer)
-        x = _batched_layer(fast, layer, caches, x, masks, cached, committed, table, keep)
+        outputs = _batched_layer(
+            fast, layer, caches, outputs, masks, cached, committed, table, keep
+        )
+    x = outputs[0]
     mx.eval(x)
     results = []
     for row, (session, (start, end, ahead)) in enumerate(zip(sessions, spans, strict=True)):
@@ -438,60 +455,67 @@ def _batched_layer(
     fast: fast_encoder.FastEncoder,
     layer: Any,
     caches: list[_LayerCache],
-    x: mx.array,
-    masks: tuple[mx.array, mx.array],
+    x: mx.array | tuple[mx.array, ...],
+    masks: tuple[mx.array | None, mx.array | None],
     cached: list[int],
     committed: list[int],
     table: tuple[mx.array, int] | None,
     keep: int,
-) -> mx.array:
-    """`FastEncoder.stream_layer` for a batch of streams: x (B, S, d), right-padded past each
-    stream's steps, `masks` (key mask, frame mask) from `fast_encoder.batch_masks` for
-    streams with `cached` keys each; each cache gains its stream's first `committed` frames.
-    The caches become views of what the layer attended to: nothing is copied to keep them."""
+) -> tuple[mx.array, ...]:
+    """`FastEncoder.stream_layer` for a batch of streams: x (B, S, d) (or each lane's copy),
+    right-padded past each stream's steps, `masks` (key mask, frame mask) from
+    `fast_encoder.batch_masks` for streams with `cached` keys each; each cache gains its
+    stream's first `committed` frames. The caches become views of what the layer attended
+    to: nothing is copied to keep them. Returns each lane's copy of the output."""
     w = fast.weights_of(layer)
+    lanes = fast.lanes()
+    streams = fast_encoder.lane_streams(w, lanes)
     key_mask, frame_mask = masks
     past_keys, past_values = _stacked(caches)
     if past_keys is None:
         past_keys, past_values = fast_encoder.stack_past(
-            [cache.keys for cache in caches], [cache.values for cache in caches]
+            [cache.keys for cache in caches], [cache.values for cache in caches], streams
         )
-    past = 0 if past_keys is None else past_keys.shape[2]
-    context = w.conv_context
-    zeros = mx.zeros((1, context, x.shape[2]), x.dtype)
-    conv_left = mx.concatenate([zeros if c.conv is None else c.conv for c in caches])
+    past = 0 if past_keys is None else past_keys[0].shape[2]
+    first = x[0] if isinstance(x, tuple) else x
+    zeros = fast_encoder.conv_zeros(w, 1, first.dtype)
+    conv_left = []
+    for lane, stream in enumerate(streams):
+        with fast_encoder.on_lane(stream):
+            lefts = [zeros[lane] if c.conv is None else c.conv[lane] for c in caches]
+            conv_left.append(mx.concatenate(lefts))
     step = fast_encoder.layer_step(
         w,
         x,
-        fast.relative_positions(w, past, x.shape[1], table),
+        fast.relative_positions(w, past, first.shape[1], table),
         past_keys=past_keys,
         past_values=past_values,
         key_mask=key_mask,
         frame_mask=frame_mask,
-        conv_left=conv_left,
-        lanes=fast.lanes(),
+        conv_left=tuple(conv_left),
+        lanes=lanes,
     )
     # Streams that all kept as many keys share one slice of the batch, which the next step
     # of the same streams reads as it is; otherwise each stream's own slice of its row.
     uniform = len(set(cached)) == 1 and len(set(committed)) == 1
+    left = tuple(conv_left)
     if uniform:
         keys, values = step.kept(cached[0], committed[0], keep)
     for row, (cache, count) in enumerate(zip(caches, committed, strict=True)):
         if not uniform:
             keys, values = step.kept(cached[row], count, keep)
-        cache.keys, cache.values = keys[row], values[row]
+        cache.keys = tuple(k[row] for k in keys)
+        cache.values = tuple(v[row] for v in values)
         cache.stacked = (keys, values, row, cache.keys) if uniform else None
-        left = conv_left[row : row + 1]
-        fresh = step.conv_input[row : row + 1, :count]
-        cache.conv = mx.concatenate([left, fresh], axis=1)[:, -context:]
-    return step.x
+        cache.conv = fast_encoder.kept_conv(w, left, step.conv_input, row, count, streams)
+    return step.outputs
 
 
-def _stacked(caches: list[_LayerCache]) -> tuple[mx.array | None, mx.array | None]:
+def _stacked(caches: list[_LayerCache]) -> tuple[Groups | None, Groups | None]:
     """The batch's past keys and values as the last batched step left them, when these are
     the same streams in the same order and none of their caches changed since; else None."""
     first = caches[0].stacked
-    if first is None or first[0].shape[0] != len(caches):
+    if first is None or first[0][0].shape[0] != len(caches):
         return None, None
     for row, cache in enumerate(caches):
         mark = cache.stacked
@@ -501,7 +525,7 @@ def _stacked(caches: list[_LayerCache]) -> tuple[mx.array | None, mx.array | Non
 
 
 def _cached_frames(cache: _LayerCache) -> int:
-    return 0 if cache.keys is None else int(cache.keys.shape[1])
+    return 0 if cache.keys is None else int(cache.keys[0].shape[1])
 
 
 def _keep_last(old: mx.array | None, new: mx.array, keep: int, axis: int) -> mx.array:
