@@ -113,15 +113,26 @@ def test_requests_leave_nothing_behind(traced: tuple[RunningServer, MemoryProbe]
     before = probe.report()
     for _ in range(ROUNDS):
         _round(stub, rng)
+    middle = probe.report()
+    for _ in range(ROUNDS):
+        _round(stub, rng)
     after = probe.report()
-    report = _growth(before, after)
+    report = _growth(before, middle) + "\nthen " + _growth(middle, after)
     requests = ROUNDS * REQUESTS_PER_ROUND
     # Python: under 256 bytes and one object per request through our own code (measured:
-    # 0 objects and 3-7 KB over 32-64 requests, small strings of decoded tokens); keeping any
-    # per-request object (a job, a context, a response) costs hundreds of bytes each.
-    traced_growth = after.package_traced_bytes() - before.package_traced_bytes()
+    # 0 objects and 3-7 KB over 32-64 requests, small strings of decoded tokens, once 10 KB
+    # in one interval); keeping any per-request object (a job, a context, a response) costs
+    # hundreds of bytes each. A leak grows in both intervals; a one-off (a set or dict
+    # resized, a pool's thread) in one: the smaller growth is compared.
+    traced_growth = min(
+        later.package_traced_bytes() - earlier.package_traced_bytes()
+        for earlier, later in ((before, middle), (middle, after))
+    )
     assert traced_growth < 256 * requests, report
-    objects = after.server["python_objects"] - before.server["python_objects"]
+    objects = min(
+        later.server["python_objects"] - earlier.server["python_objects"]
+        for earlier, later in ((before, middle), (middle, after))
+    )
     assert objects < requests, report
     # The worker: every stream's and stepwise job's arrays are released (MLX's live arrays
     # are the weights again), and its C heap holds no more than before. MLX's reuse cache
