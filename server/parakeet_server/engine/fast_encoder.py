@@ -36,7 +36,7 @@ import functools
 import math
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -329,23 +329,14 @@ def layer_weights(layer: Any, lanes: int = 1) -> LayerWeights:
                 pos_bias_u=attn.pos_bias_u[h0:h1],
                 pos_bias_v=attn.pos_bias_v[h0:h1],
                 pw1=pw1[index],
-                depthwise=depthwise[:, c0:c1] if lanes > 1 else depthwise,
-                depthwise_bias=depthwise_bias[c0:c1] if lanes > 1 else depthwise_bias,
+                depthwise=mx.contiguous(depthwise[:, c0:c1]),
+                depthwise_bias=mx.contiguous(depthwise_bias[c0:c1]),
                 pw2=_rows(pw2, c0, c1),
                 channels=(c0, c1),
                 ff2_in=ff_in[1][index],
                 ff2_out=_rows(ff2_out, *units),
             )
         )
-    if lanes > 1:  # each lane's depthwise share contiguous
-        lane_weights = [
-            replace(
-                lw,
-                depthwise=mx.contiguous(lw.depthwise),
-                depthwise_bias=mx.contiguous(lw.depthwise_bias),
-            )
-            for lw in lane_weights
-        ]
     mx.eval([(lw.depthwise, lw.depthwise_bias) for lw in lane_weights])
     return LayerWeights(
         norm_ff1=_norm(layer.norm_feed_forward1),
