@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -204,6 +205,10 @@ def test_queued_work_past_its_deadline_or_cancelled_is_dropped_without_running()
         )
         for abandoned in queued[2:]:
             abandoned.cancel()  # its caller went away while it waited
+        # The cancellations reach the queue (the model's futures) before the model is free:
+        # released at once, the model thread could take a job before its caller's
+        # cancellation was processed (a race the test lost now and then).
+        await asyncio.wait(queued[2:])
         release.set()
         await held
         for late in queued[:2]:
@@ -235,3 +240,65 @@ def test_streams_cannot_starve_a_job_that_waited_past_its_patience() -> None:
 
     # With no patience the job, queued first, goes before the block.
     assert asyncio.run(scenario()) == ["job", "block done"]
+
+
+async def _request(
+    scheduler: ModelScheduler[Any], size: int, *, decoding: float = 0.0, fails: bool = False
+) -> tuple[str, float]:
+    """A one-shot request as the server runs one: admitted, then `decoding` seconds of its
+    own work, then its recording queued (or, when it `fails` to decode, nothing queued).
+    Returns its text and the seconds from its recording's queueing to its result."""
+    with scheduler.admit():
+        await asyncio.sleep(decoding)
+        if fails:
+            return "failed", 0.0
+        queued = time.monotonic()
+        timed = await scheduler.run_clip(
+            np.zeros(size, np.float32), TranscriptionOptions(), admitted=True
+        )
+        return timed.value.text, time.monotonic() - queued
+
+
+def test_a_recording_waits_for_requests_admitted_with_it_to_share_its_call() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        scheduler, engine = await _started(BatchPolicy(max_batch_wait=10.0))
+        # The model is free: the first recording comes up at once, while the other two
+        # requests are still decoding their audio.
+        results = await asyncio.gather(
+            _request(scheduler, 5),
+            _request(scheduler, 6, decoding=0.2),
+            _request(scheduler, 7, decoding=0.4),
+        )
+        assert [text for text, _ in results] == ["5", "6", "7"]
+        # They waited for each other, not for the 10 s limit.
+        assert max(seconds for _, seconds in results) < 5.0
+        await scheduler.close()
+        calls: list[tuple[str, int]] = engine.calls
+        return calls
+
+    assert asyncio.run(scenario()) == [("clips", 3), ("close", 0)]
+
+
+def test_a_recording_does_not_wait_for_requests_that_queued_theirs_or_never_will() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        scheduler, engine = await _started(BatchPolicy(max_batch_wait=10.0))
+        # Alone, it runs at once; so does the next one while the first request is still
+        # open (its recording ran: it is not arriving any more).
+        with scheduler.admit():
+            first = await scheduler.run_clip(
+                np.zeros(5, np.float32), TranscriptionOptions(), admitted=True
+            )
+            assert first.value.text == "5"
+            text, seconds = await _request(scheduler, 6)
+            assert (text, seconds < 5.0) == ("6", True)
+        # A request admitted with it that fails to decode ends the wait.
+        results = await asyncio.gather(
+            _request(scheduler, 7), _request(scheduler, 0, decoding=0.2, fails=True)
+        )
+        assert results[0][0] == "7"
+        assert results[0][1] < 5.0
+        await scheduler.close()
+        calls: list[tuple[str, int]] = engine.calls
+        return calls
+
+    assert asyncio.run(scenario()) == [("clips", 1)] * 3 + [("close", 0)]

@@ -256,8 +256,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--max-batch-wait-ms",
         "max_batch_wait_ms",
         float,
-        "how long a streaming step may wait, once the model is free, for the other open "
-        "streams' blocks to fill its batch (0: run what is ready)",
+        "how long a batch may wait, once the model is free, to fill: a streaming step for "
+        "the other open streams' blocks, a short recording for requests already admitted "
+        "(10 ms when none is) (0: run what is ready)",
     ),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "text or json"),

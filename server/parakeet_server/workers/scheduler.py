@@ -9,7 +9,9 @@ MLX state is not meant for concurrent threads either. Two kinds of work queue he
   `max_batch_wait` seconds for the other open streams' blocks to fill it;
 - jobs: anything else (a step of a long transcription, a stream's final pass), in order;
   short recordings (one chunk) are jobs that batch too: when one comes up, the other short
-  recordings queued behind it join it in one `transcribe_batch` call.
+  recordings queued behind it join it in one `transcribe_batch` call, and it may wait up to
+  `max_batch_wait` for requests already admitted (their audio being decoded) to queue theirs
+  (10 ms when none is).
 
 Stream blocks go first, so that a long recording's chunks never hold a dictation back for
 more than the one job already running; a job that has waited `job_patience` seconds goes
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -60,7 +63,7 @@ class Timed(Generic[T]):
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How stream blocks are batched (see the module's docstring)."""
+    """How stream blocks and short recordings are batched (see the module's docstring)."""
 
     max_batch_size: int = 8
     max_batch_wait: float = 0.05  # seconds
@@ -84,6 +87,24 @@ class _Clip:
     future: Future[Any]
     queued_at: float
     deadline: float | None
+
+
+# How long a short recording that came up alone waits for the rest of a burst.
+_BURST_GRACE = 0.01  # seconds
+
+
+@dataclass
+class _Admission:
+    """An admitted request (`admit`), until it queues its first work."""
+
+    scheduler: object
+    queued: bool = False
+
+
+# The admission of the request this task serves: its first job or clip ends its arrival.
+_ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
+    "parakeet_admission", default=None
+)
 
 
 @dataclass
@@ -121,6 +142,7 @@ class ModelScheduler(Generic[E]):
         self._jobs: deque[_Job | _Clip] = deque()
         self._blocks: deque[_Block] = deque()
         self._streams = 0  # open streams: how many blocks a batch may wait for
+        self._unqueued = 0  # admitted requests that have queued no work yet
         self._engine: E | None = None
         self._closed = False
         self._closed_because = "the server is shutting down"
@@ -161,10 +183,25 @@ class ModelScheduler(Generic[E]):
         `admitted=True`."""
         self._usable_engine()
         self._take_place()
+        admission = _Admission(self)
+        with self._lock:
+            self._unqueued += 1
+        token = _ADMISSION.set(admission)
         try:
             yield
         finally:
+            _ADMISSION.reset(token)
+            self._queues(admission)
             self._release(None)
+
+    def _queues(self, admission: _Admission | None) -> None:
+        """The admitted request (this task's, by default) queues work now, or never will."""
+        if admission is None or admission.scheduler is not self or admission.queued:
+            return
+        admission.queued = True
+        with self._ready:
+            self._unqueued -= 1
+            self._ready.notify()  # a batch waiting for it may go
 
     async def run(
         self,
@@ -180,7 +217,9 @@ class ModelScheduler(Generic[E]):
         no second place in the queue.
         """
         self._usable_engine()
-        if not admitted:
+        if admitted:
+            self._queues(_ADMISSION.get())
+        else:
             self._take_place()
         future = self._submit(job, deadline)
         if not admitted:
@@ -200,7 +239,9 @@ class ModelScheduler(Generic[E]):
         """Transcribes a recording of at most one chunk, in one batch with the other short
         recordings queued when its turn comes (see `run` for `deadline` and `admitted`)."""
         self._usable_engine()
-        if not admitted:
+        if admitted:
+            self._queues(_ADMISSION.get())
+        else:
             self._take_place()
         future: Future[Any] = Future()
         if not admitted:
@@ -313,12 +354,22 @@ class ModelScheduler(Generic[E]):
             if isinstance(job, _Job):
                 return job
             clips = [job]  # and the other short recordings queued behind it
-            for other in list(self._jobs):
-                if len(clips) >= self._batching.max_batch_size:
-                    break
-                if isinstance(other, _Clip):
-                    self._jobs.remove(other)
-                    clips.append(other)
+            self._gather(clips)
+            if self._batching.max_batch_wait > 0:
+                # Requests admitted but not queued yet (their audio is being decoded) are
+                # about to queue: wait up to max_batch_wait for them, so that recordings
+                # sent together share the call; and a few milliseconds in any case, for the
+                # rest of a burst to be admitted (measured: the first of 8 requests sent at
+                # once could be decoded and queued before the second was admitted).
+                now = time.monotonic()
+                until = now + self._batching.max_batch_wait
+                grace = now + min(_BURST_GRACE, self._batching.max_batch_wait)
+                while (
+                    len(clips) < self._batching.max_batch_size
+                    and (left := (until if self._unqueued > 0 else grace) - time.monotonic()) > 0
+                ):
+                    self._ready.wait(left)
+                    self._gather(clips)
             return clips
         if self._batching.max_batch_wait > 0:
             # Wait a little for the other open streams' blocks, so that they share the call.
@@ -332,6 +383,15 @@ class ModelScheduler(Generic[E]):
         while self._blocks and len(batch) < self._batching.max_batch_size:
             batch.append(self._blocks.popleft())
         return batch
+
+    def _gather(self, clips: list[_Clip]) -> None:
+        """Moves the short recordings queued into `clips`, up to a batch (lock held)."""
+        for other in list(self._jobs):
+            if len(clips) >= self._batching.max_batch_size:
+                break
+            if isinstance(other, _Clip):
+                self._jobs.remove(other)
+                clips.append(other)
 
     def _run_job(self, job: _Job) -> None:
         started = time.monotonic()
