@@ -8,6 +8,7 @@ calls the engine got.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Awaitable
@@ -302,3 +303,22 @@ def test_a_recording_does_not_wait_for_requests_that_queued_theirs_or_never_will
         return calls
 
     assert asyncio.run(scenario()) == [("clips", 1)] * 3 + [("close", 0)]
+
+
+def test_an_admission_closed_from_another_context_still_gives_its_place_back() -> None:
+    """An abandoned request's generator can be finalized by the event loop in a context of
+    its own: its place in the queue, and its arrival, must end all the same."""
+
+    async def scenario() -> None:
+        scheduler, _ = await _started(BatchPolicy(max_batch_wait=10.0))
+        admission = scheduler.admit()
+        admission.__enter__()
+        assert scheduler.pending == 1
+        contextvars.Context().run(admission.__exit__, None, None, None)
+        assert scheduler.pending == 0
+        text, seconds = await _request(scheduler, 5)  # nobody left to wait for
+        assert text == "5"
+        assert seconds < 5.0
+        await scheduler.close()
+
+    asyncio.run(scenario())

@@ -190,7 +190,8 @@ class ModelScheduler(Generic[E]):
         try:
             yield
         finally:
-            _ADMISSION.reset(token)
+            with contextlib.suppress(ValueError):  # closed from another context (an
+                _ADMISSION.reset(token)  # abandoned generator finalized by the event loop)
             self._queues(admission)
             self._release(None)
 
