@@ -260,8 +260,12 @@ def test_a_long_recording_is_transcribed_in_the_memory_of_one_chunk(
         steps = list(engine.transcribe_steps(audio, TranscriptionOptions(), segments=False))
         return mx.get_peak_memory(), steps[-1].chunks_total
 
-    one, chunks = peak_of(8)
-    assert chunks == 1
+    # One chunk's peak varies with how the encoder's two lanes interleave (which buffers are
+    # alive at once): the most of three runs, and a margin of 2 MB, under the 4.8 MB that the
+    # whole spectrogram would add (CI measured 15.7 MB against one run's 14.6 MB).
+    ones = [peak_of(8) for _ in range(3)]
+    assert all(chunks == 1 for _, chunks in ones)
+    one = max(peak for peak, _ in ones)
     whole, chunks = peak_of(150)
     assert chunks == 25  # ceil((150 - 2) / 6)
-    assert whole < one + 1_000_000, f"peak {whole / 1e6:.1f} MB, one chunk {one / 1e6:.1f} MB"
+    assert whole < one + 2_000_000, f"peak {whole / 1e6:.1f} MB, one chunk {one / 1e6:.1f} MB"
