@@ -804,42 +804,6 @@ class FastEncoder:
         rows: mx.array = pe[0, centre - highest : centre - lowest + 1].astype(w.pos.dtype)
         return rows
 
-    def stream_layer(
-        self,
-        layer: Any,
-        cache: Any,
-        x: mx.array | tuple[mx.array, ...],
-        committed: int,
-        table: tuple[mx.array, int] | None,
-        keep: int,
-    ) -> tuple[mx.array, ...]:
-        """streaming.py's layer step for one stream (x is (1, S, d), or each lane's copy):
-        one layer over the stream's cached keys/values (per lane (h, P, dh)) and conv
-        context (per lane (1, c, channels)) in `cache`, which gains the first `committed`
-        frames' keys, values and conv inputs (at most `keep` keys are kept). Returns each
-        lane's copy of the output, for the next layer."""
-        w = self.weights_of(layer)
-        first = x[0] if isinstance(x, tuple) else x
-        steps = first.shape[1]
-        past = 0 if cache.keys is None else cache.keys[0].shape[1]
-        conv_left = cache.conv if cache.conv is not None else conv_zeros(w, 1, first.dtype)
-        step = layer_step(
-            w,
-            x,
-            self.relative_positions(w, past, steps, table),
-            past_keys=None if cache.keys is None else tuple(k[None] for k in cache.keys),
-            past_values=None if cache.values is None else tuple(v[None] for v in cache.values),
-            conv_left=conv_left,
-            lanes=self.lanes(),
-        )
-        keys, values = step.kept(past, committed, keep)
-        cache.keys = tuple(k[0] for k in keys)
-        cache.values = tuple(v[0] for v in values)
-        cache.conv = kept_conv(
-            w, conv_left, step.conv_input, 0, committed, lane_streams(w, self.lanes())
-        )
-        return step.outputs
-
     def positions(self, steps: int, dtype: Any) -> mx.array:
         """Sinusoids for relative positions steps-1 .. -(steps-1), (2 steps - 1, d)."""
         pos_enc = self.encoder.pos_enc
@@ -930,11 +894,15 @@ def stack_past(
         gap = mx.zeros((heads, past - have, head_dim), ref[lane].dtype)
         return gap if cache is None else mx.concatenate([gap, cache[lane]], axis=1)
 
+    def stacked(caches: list[Groups | None], lane: int) -> mx.array:
+        rows = [padded(cache, lane) for cache in caches]
+        return rows[0][None] if len(rows) == 1 else mx.stack(rows)  # one stream: a view
+
     stacked_keys, stacked_values = [], []
     for lane, stream in enumerate(lanes):
         with on_lane(stream):
-            stacked_keys.append(mx.stack([padded(k, lane) for k in keys]))
-            stacked_values.append(mx.stack([padded(v, lane) for v in values]))
+            stacked_keys.append(stacked(keys, lane))
+            stacked_values.append(stacked(values, lane))
     return tuple(stacked_keys), tuple(stacked_values)
 
 
@@ -952,7 +920,7 @@ def kept_conv(
     conv_input: Groups,
     row: int,
     count: int,
-    streams: list[Any] | None = None,
+    streams: list[Any],
 ) -> Groups:
     """Row `row`'s conv context after a step that read `left` and committed its first `count`
     frames of `conv_input`: the last c frames of both, per lane (1, c, channels), each
@@ -960,7 +928,7 @@ def kept_conv(
     context = w.conv_context
     kept = []
     for lane, (lane_left, glu) in enumerate(zip(left, conv_input, strict=True)):
-        with on_lane(None if streams is None else streams[lane]):
+        with on_lane(streams[lane]):
             joined = mx.concatenate([lane_left[row : row + 1], glu[row : row + 1, :count]], axis=1)
             kept.append(joined[:, -context:])
     return tuple(kept)

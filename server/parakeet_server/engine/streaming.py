@@ -288,12 +288,16 @@ class StreamingSession:
         x = self._embed(start, ahead)
         committed = end - start
         layers = zip(self._encoder.layers, self._caches, strict=True)
-        if self._fast is not None:
+        if self._fast is not None:  # a batch of one stream
             keep = self._settings.left_context_frames
+            cached = [_cached_frames(self._caches[0])]
+            masks = fast_encoder.batch_masks(cached, [x.shape[1]], x.dtype)
             outputs: mx.array | tuple[mx.array, ...] = x
             for layer, cache in layers:
                 table = self._positions(layer)
-                outputs = self._fast.stream_layer(layer, cache, outputs, committed, table, keep)
+                outputs = _batched_layer(
+                    self._fast, layer, [cache], outputs, masks, cached, [committed], table, keep
+                )
             x = outputs[0]
         else:
             for layer, cache in layers:
@@ -462,7 +466,7 @@ def _batched_layer(
     table: tuple[mx.array, int] | None,
     keep: int,
 ) -> tuple[mx.array, ...]:
-    """`FastEncoder.stream_layer` for a batch of streams: x (B, S, d) (or each lane's copy),
+    """One layer step of a batch of streams (or of one): x (B, S, d) (or each lane's copy),
     right-padded past each stream's steps, `masks` (key mask, frame mask) from
     `fast_encoder.batch_masks` for streams with `cached` keys each; each cache gains its
     stream's first `committed` frames. The caches become views of what the layer attended
@@ -483,7 +487,8 @@ def _batched_layer(
     for lane, stream in enumerate(streams):
         with fast_encoder.on_lane(stream):
             lefts = [zeros[lane] if c.conv is None else c.conv[lane] for c in caches]
-            conv_left.append(mx.concatenate(lefts))
+            conv_left.append(lefts[0] if len(lefts) == 1 else mx.concatenate(lefts))
+    left = tuple(conv_left)
     step = fast_encoder.layer_step(
         w,
         x,
@@ -492,13 +497,12 @@ def _batched_layer(
         past_values=past_values,
         key_mask=key_mask,
         frame_mask=frame_mask,
-        conv_left=tuple(conv_left),
+        conv_left=left,
         lanes=lanes,
     )
     # Streams that all kept as many keys share one slice of the batch, which the next step
     # of the same streams reads as it is; otherwise each stream's own slice of its row.
     uniform = len(set(cached)) == 1 and len(set(committed)) == 1
-    left = tuple(conv_left)
     if uniform:
         keys, values = step.kept(cached[0], committed[0], keep)
     for row, (cache, count) in enumerate(zip(caches, committed, strict=True)):
